@@ -1,0 +1,58 @@
+// swift-tools-version: 6.0
+// statefn: a stateful serverless gateway. See README.md for the layout; each C library is wrapped by one module.
+import PackageDescription
+
+let package = Package(
+    name: "statefn",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "statefn", targets: ["statefn"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries: module maps and static inline shims for the macros Swift cannot see.
+        .systemLibrary(name: "CJansson", pkgConfig: "jansson", providers: [.apt(["libjansson-dev"])]),
+        .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(name: "CMicroHTTPD", pkgConfig: "libmicrohttpd", providers: [.apt(["libmicrohttpd-dev"])]),
+
+        // The only importer of CJansson.
+        .target(name: "StatefnJSON", dependencies: ["CJansson"]),
+        // The only importer of CLibPQ.
+        .target(
+            name: "StatefnPostgres",
+            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")]),
+        // The only importer of CMicroHTTPD.
+        .target(
+            name: "StatefnHTTP",
+            dependencies: ["CMicroHTTPD", "StatefnJSON", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "StatefnWorkers",
+            dependencies: ["StatefnJSON", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "StatefnCore",
+            dependencies: [
+                "StatefnJSON", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "statefn",
+            dependencies: [
+                "StatefnCore", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnJSON",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+
+        .testTarget(name: "StatefnJSONTests", dependencies: ["StatefnJSON"]),
+        .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres"]),
+        .testTarget(name: "StatefnHTTPTests", dependencies: ["StatefnHTTP", "StatefnJSON"]),
+        .testTarget(
+            name: "StatefnWorkersTests", dependencies: ["StatefnWorkers", "StatefnJSON"],
+            exclude: ["Fixtures"]),
+        .testTarget(name: "StatefnCoreTests", dependencies: ["StatefnCore", "StatefnJSON", "StatefnPostgres"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["StatefnJSON", "StatefnPostgres"], exclude: ["Fixtures"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,3 @@
+// libpq's client API.
+#pragma once
+#include <libpq-fe.h>
