@@ -45,14 +45,23 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
+        // Real parts for tests: a throwaway PostgreSQL cluster, the built binary, an HTTP client.
+        .target(
+            name: "StatefnTestSupport",
+            dependencies: ["StatefnPostgres", .product(name: "Logging", package: "swift-log")]),
+
         .testTarget(name: "StatefnJSONTests", dependencies: ["StatefnJSON"]),
         .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres"]),
         .testTarget(name: "StatefnHTTPTests", dependencies: ["StatefnHTTP", "StatefnJSON"]),
         .testTarget(
             name: "StatefnWorkersTests", dependencies: ["StatefnWorkers", "StatefnJSON"],
             exclude: ["Fixtures"]),
-        .testTarget(name: "StatefnCoreTests", dependencies: ["StatefnCore", "StatefnJSON", "StatefnPostgres"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["StatefnJSON", "StatefnPostgres"], exclude: ["Fixtures"]),
+        .testTarget(
+            name: "StatefnCoreTests",
+            dependencies: ["StatefnCore", "StatefnJSON", "StatefnPostgres", "StatefnWorkers", "StatefnTestSupport"]),
+        .testTarget(
+            name: "EndToEndTests", dependencies: ["StatefnJSON", "StatefnPostgres", "StatefnTestSupport"],
+            exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v6]
 )

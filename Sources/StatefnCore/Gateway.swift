@@ -1,1 +1,324 @@
-// placeholder
+// The request path (DESIGN.md section 1): route, load state, run the worker, commit with compare-and-set, reply.
+// One `Gateway` serves every request; the HTTP server calls `handle` for each.
+import Logging
+import StatefnHTTP
+import StatefnJSON
+import StatefnPostgres
+import StatefnWorkers
+import Synchronization
+
+public struct GatewayConfiguration: Sendable {
+    /// Runs of a command after a lost compare-and-set before answering 409.
+    public var conflictAttempts = 3
+    /// Entities whose last snapshot is kept in memory.
+    public var cacheEntries = 100_000
+    public init() {}
+}
+
+public final class Gateway: Sendable {
+    private let configuration: GatewayConfiguration
+    private let catalog: Mutex<FunctionCatalog>
+    private let workers: WorkerPool
+    private let pool: PostgresPool
+    private let store: EntityStore
+    private let mailboxes = EntityMailboxes()
+    private let cache: StateCache
+    private let logger: Logger
+    private let draining = Atomic<Bool>(false)
+
+    public init(
+        configuration: GatewayConfiguration, catalog: FunctionCatalog, workers: WorkerPool, pool: PostgresPool,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.catalog = Mutex(catalog)
+        self.workers = workers
+        self.pool = pool
+        self.store = EntityStore(pool: pool, logger: logger)
+        self.cache = StateCache(capacity: configuration.cacheEntries)
+        self.logger = logger
+    }
+
+    /// From now on readiness answers 503, so a load balancer stops sending traffic.
+    public func beginDraining() { draining.store(true, ordering: .relaxed) }
+
+    public func handle(_ request: HTTPRequest) async -> HTTPResponse {
+        let started = ContinuousClock.now
+        var context = RequestContext()
+        let response: HTTPResponse
+        do {
+            response = try await route(request, &context)
+        } catch {
+            let failure = GatewayError.from(error)
+            context.logDetail = failure.logDetail
+            response = failure.response(requestID: request.requestID)
+        }
+        log(request, response, context, elapsed: ContinuousClock.now - started)
+        return response
+    }
+
+    private func route(_ request: HTTPRequest, _ context: inout RequestContext) async throws -> HTTPResponse {
+        switch try Route.parse(method: request.method, path: request.path) {
+        case .healthz:
+            return .json(["status": "ok"])
+        case .readyz:
+            return await readiness()
+        case .command(let function, let entity, let command, let readonly):
+            context.function = function
+            context.entity = entity
+            context.command = command
+            let definition = try lookup(function, stateless: false)
+            if readonly {
+                return try await runQuery(definition, entity: entity, command: command, request: request)
+            }
+            return try await runCommand(definition, entity: entity, command: command, request: request)
+        case .action(let function, let command):
+            context.function = function
+            context.command = command
+            let definition = try lookup(function, stateless: true)
+            let payload = try Self.parseBody(request)
+            let answer = try await invoke(
+                definition, entity: nil, command: command, payload: payload, snapshot: .absent, readonly: true,
+                requestID: request.requestID)
+            guard !answer.changesAnything else {
+                throw GatewayError(500, "the action tried to change state; nothing was committed")
+            }
+            return .json(answer.reply)
+        case .rawState(let function, let entity):
+            context.function = function
+            context.entity = entity
+            _ = try lookup(function, stateless: false)
+            let snapshot = try await store.load(EntityKey(function: function, entity: entity))
+            guard snapshot.version > 0 else { throw GatewayError(404, "entity \(entity) has never been written") }
+            return .json(
+                ["state": snapshot.state, "version": .integer(snapshot.version)], headers: [Self.etag(snapshot.version)])
+        }
+    }
+
+    private func lookup(_ name: String, stateless: Bool) throws(GatewayError) -> FunctionDefinition {
+        let (definition, failure) = catalog.withLock { ($0.functions[name], $0.failures[name]) }
+        guard let definition else {
+            if failure != nil { throw GatewayError(503, "function \(name) failed to load", logDetail: failure) }
+            throw GatewayError(404, "unknown function \(name)")
+        }
+        if definition.manifest.stateless != stateless {
+            throw stateless
+                ? GatewayError(404, "function \(name) is not an action; call /v1/\(name)/{entity}/{command}")
+                : GatewayError(404, "function \(name) is an action; call POST /v1/\(name)/{command}")
+        }
+        return definition
+    }
+
+    // MARK: Commands and queries
+
+    private func runCommand(
+        _ definition: FunctionDefinition, entity: String, command: String, request: HTTPRequest
+    ) async throws -> HTTPResponse {
+        let payload = try Self.parseBody(request)
+        let expected = try Self.ifMatch(request)
+        let key = EntityKey(function: definition.name, entity: entity)
+        return try await mailboxes.run(key) {
+            for attempt in 1...configuration.conflictAttempts {
+                let snapshot: EntitySnapshot
+                if attempt == 1, let cached = cache.get(key) {
+                    snapshot = cached
+                } else {
+                    snapshot = try await store.load(key)
+                }
+                if let expected, expected != snapshot.version {
+                    cache.put(key, snapshot)
+                    throw GatewayError(412, "the entity is at version \(snapshot.version), not \(expected)")
+                }
+                let answer = try await invoke(
+                    definition, entity: entity, command: command, payload: payload, snapshot: snapshot,
+                    readonly: false, requestID: request.requestID)
+                let commit = try Self.commitRequest(answer, key: key, snapshot: snapshot, manifest: definition.manifest)
+                guard let commit else {
+                    cache.put(key, snapshot)
+                    return .json(answer.reply, headers: [Self.etag(snapshot.version)])
+                }
+                let outcome: CommitOutcome
+                do {
+                    outcome = try await store.commit(commit)
+                } catch {
+                    // The outcome may be unknown (a connection lost mid-commit): forget what we think we know.
+                    cache.remove(key)
+                    throw error
+                }
+                switch outcome {
+                case .committed(let version):
+                    if case .replace(let state) = answer.change {
+                        cache.put(key, EntitySnapshot(state: state, version: version))
+                    } else if version == 0 {
+                        cache.put(key, .absent)
+                    } else {
+                        cache.put(key, EntitySnapshot(state: snapshot.state, version: version))
+                    }
+                    return .json(answer.reply, headers: [Self.etag(version)])
+                case .conflict:
+                    cache.remove(key)
+                    logger.debug(
+                        "version conflict", metadata: ["function": "\(key.function)", "attempt": "\(attempt)"])
+                }
+            }
+            throw GatewayError(
+                409, "the entity kept changing; gave up after \(configuration.conflictAttempts) attempts")
+        }
+    }
+
+    private func runQuery(
+        _ definition: FunctionDefinition, entity: String, command: String, request: HTTPRequest
+    ) async throws -> HTTPResponse {
+        var payload = JSONObject()
+        for (name, value) in request.query { payload[name] = .string(value) }
+        let expected = try Self.ifMatch(request)
+        let snapshot = try await store.load(EntityKey(function: definition.name, entity: entity))
+        if let expected, expected != snapshot.version {
+            throw GatewayError(412, "the entity is at version \(snapshot.version), not \(expected)")
+        }
+        let answer = try await invoke(
+            definition, entity: entity, command: command, payload: .object(payload), snapshot: snapshot,
+            readonly: true, requestID: request.requestID)
+        let unchangedState: Bool
+        switch answer.change {
+        case .unchanged: unchangedState = true
+        case .replace(let state): unchangedState = state == snapshot.state
+        case .delete: unchangedState = false
+        }
+        guard unchangedState, answer.events.isEmpty, answer.effects.isEmpty else {
+            throw GatewayError(500, "the query tried to change state; nothing was committed")
+        }
+        return .json(answer.reply, headers: [Self.etag(snapshot.version)])
+    }
+
+    private func invoke(
+        _ definition: FunctionDefinition, entity: String?, command: String, payload: JSONValue,
+        snapshot: EntitySnapshot, readonly: Bool, requestID: String
+    ) async throws -> WorkerAnswer {
+        let message: JSONValue = [
+            "id": .string(requestID),
+            "function": .string(definition.name),
+            "entity": entity.map(JSONValue.string) ?? .null,
+            "command": .string(command),
+            "payload": payload,
+            "state": snapshot.state,
+            "version": .integer(snapshot.version),
+            "readonly": .bool(readonly),
+            "principal": .null,
+            "deadline_ms": .integer(Int64(definition.manifest.timeoutMs)),
+        ]
+        return try WorkerAnswer(try await workers.invoke(definition, request: message))
+    }
+
+    /// What to write for an answer, or nil when nothing changed (no write, no new version).
+    private static func commitRequest(
+        _ answer: WorkerAnswer, key: EntityKey, snapshot: EntitySnapshot, manifest: FunctionManifest
+    ) throws(GatewayError) -> CommitRequest? {
+        var change: CommitRequest.Change
+        switch answer.change {
+        case .unchanged: change = .unchanged
+        case .delete: change = .delete
+        case .replace(let state) where state == snapshot.state && snapshot.version > 0: change = .unchanged
+        case .replace(let state):
+            let encoded = state.encodedString()
+            guard encoded.utf8.count <= manifest.maxStateBytes else {
+                throw GatewayError(
+                    413, "the new state is \(encoded.utf8.count) bytes, over max_state_bytes (\(manifest.maxStateBytes))")
+            }
+            change = .replace(encoded)
+        }
+        let request = CommitRequest(
+            key: key, seenVersion: snapshot.version, change: change,
+            events: answer.events.map { $0.encodedString() },
+            effects: answer.effects.map {
+                .init(
+                    function: $0.function, entity: $0.entity, command: $0.command, payload: $0.payload.encodedString(),
+                    delayMs: $0.delayMs)
+            },
+            principal: "null")
+        return request.isEmpty ? nil : request
+    }
+
+    // MARK: Request details
+
+    /// The JSON body; empty means `null`. A declared media type other than JSON is 415.
+    private static func parseBody(_ request: HTTPRequest) throws -> JSONValue {
+        guard !request.body.isEmpty else { return .null }
+        if let contentType = request.headers["content-type"] {
+            let media = contentType.split(separator: ";", maxSplits: 1).first?.trimmingSpaces.lowercased() ?? ""
+            guard media == "application/json" || (media.hasPrefix("application/") && media.hasSuffix("+json")) else {
+                throw GatewayError(415, "the body must be application/json, not \(media)")
+            }
+        }
+        return try JSONValue.parse(request.body, limits: JSONLimits(maxBytes: .max, maxDepth: 64))
+    }
+
+    /// `If-Match: "<version>"`; `*` matches anything.
+    private static func ifMatch(_ request: HTTPRequest) throws(GatewayError) -> Int64? {
+        guard let header = request.headers["if-match"]?.trimmingSpaces, header != "*" else { return nil }
+        var text = Substring(header)
+        if text.hasPrefix("W/") { text = text.dropFirst(2) }
+        if text.hasPrefix("\""), text.hasSuffix("\""), text.count >= 2 { text = text.dropFirst().dropLast() }
+        guard let version = Int64(text), version >= 0 else {
+            throw GatewayError(400, "If-Match must be a quoted version, like \"3\"")
+        }
+        return version
+    }
+
+    private static func etag(_ version: Int64) -> (name: String, value: String) {
+        (name: "ETag", value: "\"\(version)\"")
+    }
+
+    // MARK: Readiness and logs
+
+    private func readiness() async -> HTTPResponse {
+        guard !draining.load(ordering: .relaxed) else {
+            return .json(["status": "draining"], status: 503, headers: [(name: "Retry-After", value: "5")])
+        }
+        do {
+            _ = try await pool.execute("SELECT 1 FROM schema_migrations LIMIT 1")
+        } catch {
+            return .json(["status": "database unavailable"], status: 503, headers: [(name: "Retry-After", value: "1")])
+        }
+        let (loaded, failed) = catalog.withLock { ($0.functions.count, $0.failures.count) }
+        return .json(["status": "ready", "functions": .integer(Int64(loaded)), "failed_functions": .integer(Int64(failed))])
+    }
+
+    private func log(_ request: HTTPRequest, _ response: HTTPResponse, _ context: RequestContext, elapsed: Duration) {
+        var metadata: Logger.Metadata = [
+            "request_id": "\(request.requestID)", "method": "\(request.method)", "path": "\(request.path)",
+            "status": "\(response.status)",
+            "duration_ms": "\(elapsed.milliseconds)",
+        ]
+        if let function = context.function { metadata["function"] = "\(function)" }
+        if let entity = context.entity { metadata["entity"] = "\(entity)" }
+        if let command = context.command { metadata["command"] = "\(command)" }
+        if let detail = context.logDetail { metadata["error"] = "\(detail)" }
+        let level: Logger.Level = response.status >= 500 ? .error : (response.status >= 400 ? .notice : .info)
+        logger.log(level: level, "request", metadata: metadata)
+    }
+}
+
+struct RequestContext {
+    var function: String?
+    var entity: String?
+    var command: String?
+    var logDetail: String?
+}
+
+extension StringProtocol {
+    var trimmingSpaces: String {
+        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else {
+            return ""
+        }
+        return String(self[first...last])
+    }
+}
+
+extension Duration {
+    /// Milliseconds with microsecond precision, for logs.
+    var milliseconds: Double {
+        Double(components.seconds) * 1000 + Double(components.attoseconds / 1_000_000_000_000) / 1000
+    }
+}

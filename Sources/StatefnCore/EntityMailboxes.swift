@@ -1,0 +1,46 @@
+// Serial, in-order execution per entity within this gateway (DESIGN.md section 4). Swift actors are reentrant at
+// every await, so an actor alone would let a second command start while the first waits on its worker; the
+// mailbox holds the entity for the whole command instead.
+import Synchronization
+
+/// Identifies an entity: its function and id.
+public struct EntityKey: Hashable, Sendable {
+    public var function: String
+    public var entity: String
+    public init(function: String, entity: String) {
+        self.function = function
+        self.entity = entity
+    }
+}
+
+final class EntityMailboxes: Sendable {
+    private let boxes = Mutex<[EntityKey: MailboxStateMachine<CheckedContinuation<Void, Never>>]>([:])
+
+    /// Runs `body` when every earlier command for `key` has finished, and before any later one starts.
+    func run<T: Sendable>(_ key: EntityKey, _ body: () async throws -> T) async throws -> T {
+        await acquire(key)
+        defer { release(key) }
+        return try await body()
+    }
+
+    /// How many commands wait behind the running one, across all entities.
+    var queuedCount: Int { boxes.withLock { $0.values.reduce(0) { $0 + $1.queued } } }
+
+    private func acquire(_ key: EntityKey) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let action = boxes.withLock { boxes in
+                boxes[key, default: MailboxStateMachine()].acquire(continuation)
+            }
+            if case .run = action { continuation.resume() }
+        }
+    }
+
+    private func release(_ key: EntityKey) {
+        let action = boxes.withLock { boxes -> MailboxStateMachine<CheckedContinuation<Void, Never>>.ReleaseAction in
+            let action = boxes[key]!.release()
+            if case .idle = action { boxes[key] = nil }
+            return action
+        }
+        if case .resume(let next) = action { next.resume() }
+    }
+}

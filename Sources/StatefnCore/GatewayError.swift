@@ -1,0 +1,76 @@
+// Every way a call can fail, mapped once to the status DESIGN.md section 2 names. The detail is safe for clients:
+// no SQL, stack traces, worker stderr or secrets; the log line gets `logDetail` instead.
+import StatefnHTTP
+import StatefnJSON
+import StatefnPostgres
+import StatefnWorkers
+
+struct GatewayError: Error {
+    var status: Int
+    var detail: String
+    /// Extra context for the log only.
+    var logDetail: String?
+    var headers: [(name: String, value: String)] = []
+    /// For a function's own business error: its code, passed to the client as the problem `type`.
+    var code: String?
+
+    init(_ status: Int, _ detail: String, logDetail: String? = nil, headers: [(name: String, value: String)] = []) {
+        self.status = status
+        self.detail = detail
+        self.logDetail = logDetail
+        self.headers = headers
+    }
+
+    static func from(_ error: any Error) -> GatewayError {
+        switch error {
+        case let error as GatewayError: return error
+        case let error as RouteError:
+            let allow = error.allow.isEmpty ? [] : [(name: "Allow", value: error.allow.joined(separator: ", "))]
+            return GatewayError(error.status, error.detail, headers: allow)
+        case let error as JSONError:
+            return GatewayError(400, "the body is not valid JSON: \(error.description)")
+        case let error as WorkerError:
+            return from(error)
+        case let error as PostgresError:
+            switch error.code {
+            case .connectionFailed, .poolTimeout, .poolClosed:
+                return GatewayError(
+                    503, "the database is unavailable; try again", logDetail: error.logDescription,
+                    headers: [(name: "Retry-After", value: "1")])
+            case .queryFailed where error.isUnknownCommitOutcome || error.isRetryableTransactionFailure:
+                return GatewayError(
+                    503, "the commit could not be confirmed; try again", logDetail: error.logDescription,
+                    headers: [(name: "Retry-After", value: "1")])
+            case .queryFailed, .invalidConfiguration:
+                return GatewayError(500, "internal database error", logDetail: error.logDescription)
+            }
+        default:
+            return GatewayError(500, "internal error", logDetail: String(describing: error))
+        }
+    }
+
+    static func from(_ error: WorkerError) -> GatewayError {
+        switch error.code {
+        case .crashed: return GatewayError(502, "the function's worker crashed", logDetail: error.detail)
+        case .invalidResponse:
+            return GatewayError(502, "the function's worker returned an invalid response", logDetail: error.detail)
+        case .protocolViolation:
+            return GatewayError(502, "the function's worker broke the protocol", logDetail: error.detail)
+        case .spawnFailed, .invalidManifest:
+            return GatewayError(502, "the function's worker could not be started", logDetail: error.detail)
+        case .timedOut: return GatewayError(504, "the function timed out", logDetail: error.detail)
+        case .queueFull:
+            return GatewayError(
+                429, "the function is busy; try again", logDetail: error.detail,
+                headers: [(name: "Retry-After", value: "1")])
+        case .shuttingDown:
+            return GatewayError(
+                503, "the gateway is shutting down", logDetail: error.detail, headers: [(name: "Retry-After", value: "1")])
+        }
+    }
+
+    func response(requestID: String) -> HTTPResponse {
+        HTTPResponse.problem(
+            status: status, detail: detail, requestID: requestID, type: code ?? "about:blank", headers: headers)
+    }
+}

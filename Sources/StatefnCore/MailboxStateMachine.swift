@@ -1,0 +1,49 @@
+// The order of one entity's commands: a pure state machine (no I/O, no locks), so arrival order can be tested
+// directly. `EntityMailboxes` owns one per busy entity and carries out the actions it returns.
+
+/// One entity's queue. The first caller runs at once; later callers wait in arrival order, and each finishing
+/// caller hands the entity straight to the next, so no third caller can slip in between.
+struct MailboxStateMachine<Waiter> {
+    enum AcquireAction {
+        case run
+        case wait
+    }
+    enum ReleaseAction {
+        /// Resume this waiter: it now owns the entity.
+        case resume(Waiter)
+        /// Nobody is waiting: the mailbox is empty and can be dropped.
+        case idle
+    }
+
+    private var running = false
+    private var waiters: [Waiter] = []
+    private var head = 0
+
+    var queued: Int { waiters.count - head }
+
+    mutating func acquire(_ waiter: Waiter) -> AcquireAction {
+        guard running else {
+            running = true
+            return .run
+        }
+        waiters.append(waiter)
+        return .wait
+    }
+
+    mutating func release() -> ReleaseAction {
+        precondition(running, "released a mailbox that was not running")
+        guard head < waiters.count else {
+            running = false
+            waiters.removeAll(keepingCapacity: false)
+            head = 0
+            return .idle
+        }
+        let next = waiters[head]
+        head += 1
+        if head > 64, head * 2 > waiters.count {
+            waiters.removeFirst(head)
+            head = 0
+        }
+        return .resume(next)
+    }
+}

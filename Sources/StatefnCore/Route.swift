@@ -1,0 +1,146 @@
+// The v1 URL grammar (DESIGN.md section 2): turns a method and a raw, percent-encoded path into a route, or into
+// the status a client should get. Pure: no I/O, so it is tested directly.
+
+/// What a request asks for, with names already validated.
+public enum Route: Equatable, Sendable {
+    /// `POST /v1/{function}/{entity}/{command}` (readonly: false) or `GET …` (readonly: true, a query).
+    case command(function: String, entity: String, command: String, readonly: Bool)
+    /// `POST /v1/{function}/{command}`: a stateless action.
+    case action(function: String, command: String)
+    /// `GET /v1/{function}/{entity}`: raw state and version.
+    case rawState(function: String, entity: String)
+    case healthz
+    case readyz
+}
+
+/// Why a path or method was refused: 400 (bad name), 404 (no such route) or 405 (with the methods allowed).
+public struct RouteError: Error, Equatable, Sendable {
+    public var status: Int
+    public var detail: String
+    public var allow: [String]
+    init(_ status: Int, _ detail: String, allow: [String] = []) {
+        self.status = status
+        self.detail = detail
+        self.allow = allow
+    }
+}
+
+extension Route {
+    public static func parse(method: String, path: String) throws(RouteError) -> Route {
+        let method = method == "HEAD" ? "GET" : method
+        switch path {
+        case "/healthz": return try only("GET", method, .healthz)
+        case "/readyz": return try only("GET", method, .readyz)
+        default: break
+        }
+        guard path.hasPrefix("/v1/") else { throw RouteError(404, "no route for \(path)") }
+        let raw = path.dropFirst(4).split(separator: "/", omittingEmptySubsequences: false)
+        guard !raw.contains(where: \.isEmpty) else { throw RouteError(404, "no route for \(path)") }
+        var segments: [String] = []
+        for segment in raw {
+            guard let decoded = percentDecode(segment) else {
+                throw RouteError(400, "the path is not valid percent-encoded UTF-8")
+            }
+            segments.append(decoded)
+        }
+        switch segments.count {
+        case 2:
+            let (function, second) = (segments[0], segments[1])
+            try validateFunction(function)
+            switch method {
+            case "POST":
+                try validateCommand(second)
+                return .action(function: function, command: second)
+            case "GET":
+                try validateEntity(second)
+                return .rawState(function: function, entity: second)
+            default: throw RouteError(405, "\(method) is not allowed here", allow: ["GET", "POST"])
+            }
+        case 3:
+            let (function, entity, command) = (segments[0], segments[1], segments[2])
+            try validateFunction(function)
+            try validateEntity(entity)
+            try validateCommand(command)
+            guard method == "GET" || method == "POST" else {
+                throw RouteError(405, "\(method) is not allowed here", allow: ["GET", "POST"])
+            }
+            return .command(function: function, entity: entity, command: command, readonly: method == "GET")
+        default:
+            throw RouteError(404, "no route for \(path)")
+        }
+    }
+
+    private static func only(_ allowed: String, _ method: String, _ route: Route) throws(RouteError) -> Route {
+        guard method == allowed else { throw RouteError(405, "\(method) is not allowed here", allow: [allowed]) }
+        return route
+    }
+
+    /// `[a-z][a-z0-9_-]{0,62}`; `functions` is reserved for the listing route.
+    public static func validateFunction(_ name: String) throws(RouteError) {
+        guard isFunctionName(name) else {
+            throw RouteError(400, "invalid function name: it must match [a-z][a-z0-9_-]{0,62}")
+        }
+        guard name != "functions" else { throw RouteError(404, "'functions' is a reserved name") }
+    }
+
+    public static func isFunctionName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard (1...63).contains(bytes.count), (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(bytes[0]) else {
+            return false
+        }
+        return bytes.allSatisfy { isLowerAlnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
+    }
+
+    /// `[A-Za-z][A-Za-z0-9_.-]{0,62}`; `events` is reserved for the event-log route.
+    public static func validateCommand(_ name: String) throws(RouteError) {
+        let bytes = Array(name.utf8)
+        let valid =
+            (1...63).contains(bytes.count) && isAlpha(bytes[0])
+            && bytes.allSatisfy { isAlpha($0) || isDigit($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") }
+        guard valid else { throw RouteError(400, "invalid command name: it must match [A-Za-z][A-Za-z0-9_.-]{0,62}") }
+        guard name != "events" else { throw RouteError(404, "'events' is a reserved command name") }
+    }
+
+    /// 1–256 bytes of UTF-8 with no `/` and no control characters.
+    public static func validateEntity(_ id: String) throws(RouteError) {
+        let count = id.utf8.count
+        guard (1...256).contains(count) else { throw RouteError(400, "invalid entity id: it must be 1 to 256 bytes") }
+        for scalar in id.unicodeScalars where scalar == "/" || scalar.properties.generalCategory == .control {
+            throw RouteError(400, "invalid entity id: no '/' and no control characters")
+        }
+    }
+
+    /// Decodes `%XX` escapes; nil if an escape is malformed or the result is not UTF-8.
+    static func percentDecode(_ segment: Substring) -> String? {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(segment.utf8.count)
+        var iterator = segment.utf8.makeIterator()
+        while let byte = iterator.next() {
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                continue
+            }
+            guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
+                return nil
+            }
+            bytes.append(high << 4 | low)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+    private static func isLowerAlnum(_ b: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || isDigit(b)
+    }
+    private static func isAlpha(_ b: UInt8) -> Bool {
+        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(b)
+    }
+    private static func isDigit(_ b: UInt8) -> Bool { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b) }
+}

@@ -1,0 +1,142 @@
+// `statefn serve`: start the database (or connect to it), apply migrations, load functions, serve HTTP, and stop
+// cleanly on SIGTERM or Ctrl-C.
+import ArgumentParser
+import Logging
+import StatefnCore
+import StatefnHTTP
+import StatefnPostgres
+import StatefnWorkers
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the v1 HTTP API.",
+        discussion: """
+            Without DATABASE_URL, statefn runs a private PostgreSQL cluster under <data-dir>/pg, listening on a
+            Unix socket only, and stops it on exit. Pending migrations are applied at start-up. SIGTERM or Ctrl-C
+            stops accepting connections, finishes the requests in flight (up to --grace-period), stops the workers
+            and the embedded cluster, and exits 0.
+
+            Environment: DATABASE_URL (postgres://user:pass@host:port/db or a libpq key=value string), and the
+            STATEFN_* variable named beside each option.
+            """)
+
+    @Option(help: ArgumentHelp("Address to listen on, HOST:PORT; port 0 picks a free one (env STATEFN_LISTEN).", valueName: "host:port"))
+    var listen: String = Environment.value("STATEFN_LISTEN") ?? "127.0.0.1:8080"
+
+    @Option(help: ArgumentHelp("Directory of function executables (env STATEFN_FUNCTIONS).", valueName: "dir"))
+    var functions: String = Environment.value("STATEFN_FUNCTIONS") ?? "functions"
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: ArgumentHelp("Largest request body accepted; larger gets 413 (env STATEFN_MAX_BODY_BYTES).", valueName: "bytes"))
+    var maxBodyBytes: Int = Environment.value("STATEFN_MAX_BODY_BYTES").flatMap { Int($0) } ?? 1 << 20
+
+    @Option(help: ArgumentHelp("HTTP threads (env STATEFN_HTTP_THREADS).", valueName: "n"))
+    var httpThreads: Int = Environment.value("STATEFN_HTTP_THREADS").flatMap { Int($0) } ?? 4
+
+    @Option(help: ArgumentHelp("Seconds to finish requests in flight on shutdown (env STATEFN_GRACE_PERIOD).", valueName: "seconds"))
+    var gracePeriod: Int = Environment.value("STATEFN_GRACE_PERIOD").flatMap { Int($0) } ?? 10
+
+    @Option(help: ArgumentHelp("Runs of a command after a lost version race before 409 (env STATEFN_CONFLICT_ATTEMPTS).", valueName: "n"))
+    var conflictAttempts: Int = Environment.value("STATEFN_CONFLICT_ATTEMPTS").flatMap { Int($0) } ?? 3
+
+    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (env STATEFN_LOG_LEVEL).", valueName: "level"))
+    var logLevel: String = Environment.value("STATEFN_LOG_LEVEL") ?? "info"
+
+    func validate() throws {
+        _ = try ListenAddress(listen)
+        guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
+        guard (1...256).contains(httpThreads) else { throw ValidationError("--http-threads must be 1 to 256") }
+        guard (1...1000).contains(database.dbPoolSize) else { throw ValidationError("--db-pool-size must be 1 to 1000") }
+        guard gracePeriod >= 0 else { throw ValidationError("--grace-period must not be negative") }
+        guard (1...100).contains(conflictAttempts) else { throw ValidationError("--conflict-attempts must be 1 to 100") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+    }
+
+    func run() async throws {
+        let logger = bootstrapLogging(level: Logger.Level(rawValue: logLevel) ?? .info)
+        let address = try ListenAddress(listen)
+        let signals = ShutdownSignals()
+
+        let (config, embedded) = try database.open(logger: logger)
+        defer { embedded?.stop() }
+        let pool = PostgresPool(config: config, size: database.dbPoolSize, logger: logger)
+        defer { pool.close() }
+        try await database.migrator().apply(on: pool, logger: logger)
+
+        let functionsDirectory = absolutePath(functions)
+        guard isDirectory(functionsDirectory) else {
+            throw ValidationError("functions directory not found: \(functionsDirectory)")
+        }
+        let catalog = FunctionCatalog.scan(directory: functionsDirectory)
+        for (name, reason) in catalog.failures.sorted(by: { $0.key < $1.key }) {
+            logger.error("function failed to load", metadata: ["function": "\(name)", "reason": "\(reason)"])
+        }
+        logger.info(
+            "functions loaded",
+            metadata: ["directory": "\(functionsDirectory)", "functions": "\(catalog.functions.keys.sorted().joined(separator: ","))"])
+
+        let workers = WorkerPool(logger: logger)
+        var gatewayConfiguration = GatewayConfiguration()
+        gatewayConfiguration.conflictAttempts = conflictAttempts
+        let gateway = Gateway(
+            configuration: gatewayConfiguration, catalog: catalog, workers: workers, pool: pool, logger: logger)
+        let server = HTTPServer(
+            configuration: HTTPServerConfiguration(
+                host: address.host, port: address.port, threads: httpThreads, maxBodyBytes: maxBodyBytes),
+            logger: logger, handler: { await gateway.handle($0) })
+        do {
+            try server.start()
+        } catch {
+            await workers.shutdown()
+            throw error
+        }
+        logger.info("statefn listening", metadata: ["url": "http://\(address.urlHost):\(server.port)"])
+
+        let signal = await signals.wait()
+        logger.info("shutting down", metadata: ["signal": "\(signal)", "grace_period_s": "\(gracePeriod)"])
+        gateway.beginDraining()
+        server.quiesce()
+        await server.stop(gracePeriod: .seconds(gracePeriod))
+        await workers.shutdown()
+        logger.info("stopped")
+    }
+}
+
+/// `HOST:PORT`, with `[v6]:PORT` for IPv6 literals.
+struct ListenAddress {
+    var host: String
+    var port: Int
+
+    init(_ text: String) throws {
+        let hostPart: Substring
+        let portPart: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            hostPart = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw ValidationError("--listen must be HOST:PORT, got \(text)") }
+            portPart = rest.dropFirst()
+        } else if let colon = text.lastIndex(of: ":") {
+            hostPart = text[..<colon]
+            portPart = text[text.index(after: colon)...]
+        } else {
+            throw ValidationError("--listen must be HOST:PORT, got \(text)")
+        }
+        guard !hostPart.isEmpty, let port = Int(portPart), (0...65535).contains(port) else {
+            throw ValidationError("--listen must be HOST:PORT with a port from 0 to 65535, got \(text)")
+        }
+        host = String(hostPart)
+        self.port = port
+    }
+
+    var urlHost: String { host.contains(":") ? "[\(host)]" : host }
+}
+
+func bootstrapLogging(level: Logger.Level) -> Logger {
+    LoggingSystem.bootstrap { label in
+        var handler = JSONLogHandler(label: label)
+        handler.logLevel = level
+        return handler
+    }
+    return Logger(label: "statefn")
+}

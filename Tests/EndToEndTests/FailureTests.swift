@@ -1,0 +1,108 @@
+// Bad input and bad workers: each gets the status DESIGN.md names, the gateway keeps serving, and the entity's
+// state is what it was.
+import Foundation
+import StatefnJSON
+import StatefnTestSupport
+import Testing
+
+@Suite("failures, end to end")
+struct FailureTests {
+    static let fixtures = GatewayProcess.repositoryRoot + "/Tests/EndToEndTests/Fixtures/functions"
+
+    @Test("crashing, lying and slow workers, and bad requests, leave the state unchanged")
+    func misbehavingWorkersAndBadInput() async throws {
+        let database = try await TestDatabase.createDatabase()
+        try await onThread {
+            let gateway = try GatewayProcess(
+                arguments: ["--functions", Self.fixtures], environment: ["DATABASE_URL": database])
+            let client = gateway.client()
+            func value() throws -> String { try client.request("GET", "/v1/misbehave/e1/get").text }
+
+            #expect(try client.request("POST", "/v1/misbehave/e1/increment", body: #"{"by":5}"#).status == 200)
+            #expect(try value() == #"{"value":5}"#)
+
+            let crash = try client.request("POST", "/v1/misbehave/e1/crash", body: "{}")
+            #expect(crash.status == 502)
+            #expect(crash.headers["content-type"] == "application/problem+json")
+            #expect(!crash.text.contains("crashing on purpose"), "worker stderr must not reach the client")
+            #expect(try value() == #"{"value":5}"#)
+
+            #expect(try client.request("POST", "/v1/misbehave/e1/garbage", body: "{}").status == 502)
+            #expect(try value() == #"{"value":5}"#)
+
+            let pid = try JSONValue.parse(client.request("GET", "/v1/misbehave/e1/pid").text, limits: .client)
+            let pgid = Int32(pid["pgid"]?.integerValue ?? 0)
+            #expect(pgid > 1)
+            let slow = try client.request("POST", "/v1/misbehave/e1/sleep", body: "{}")
+            #expect(slow.status == 504)
+            // The worker's whole process group, grandchild included, is gone.
+            var alive = true
+            for _ in 0..<100 where alive {
+                alive = kill(-pgid, 0) == 0
+                if alive { Thread.sleep(forTimeInterval: 0.05) }
+            }
+            #expect(!alive, "process group \(pgid) still has members")
+            #expect(try value() == #"{"value":5}"#)
+
+            let refused = try client.request("POST", "/v1/misbehave/e1/refuse", body: "{}")
+            #expect(refused.status == 409)
+            #expect(refused.text.contains("refused on purpose"))
+
+            let change = try client.request("GET", "/v1/misbehave/e1/change")
+            #expect(change.status == 500, "a query that changes state is refused")
+            #expect(try value() == #"{"value":5}"#)
+
+            let unknown = try client.request("POST", "/v1/nosuch/e1/increment", body: "{}")
+            #expect(unknown.status == 404)
+
+            let broken = try client.request("POST", "/v1/misbehave/e1/increment", body: "{\"by\":\n 1,}")
+            #expect(broken.status == 400)
+            let problem = try JSONValue.parse(broken.text, limits: .client)
+            #expect(problem["detail"]?.stringValue?.contains("line 2") == true, "\(broken.text)")
+            #expect(problem["detail"]?.stringValue?.contains("column") == true)
+            #expect(problem["request_id"]?.stringValue == broken.headers["x-request-id"])
+
+            let huge = try client.request("POST", "/v1/misbehave/e1/increment", body: "\"" + String(repeating: "x", count: 2 << 20) + "\"")
+            #expect(huge.status == 413)
+
+            let tooBig = try client.request("POST", "/v1/misbehave/e1/increment", body: #"{"by":123456789012345678901234567890}"#)
+            #expect(tooBig.status == 400)
+            #expect(tooBig.text.contains("64"), "\(tooBig.text)")
+
+            let form = try client.request(
+                "POST", "/v1/misbehave/e1/increment", body: "by=1", headers: ["Content-Type": "text/plain"])
+            #expect(form.status == 415)
+
+            let badName = try client.request("POST", "/v1/Bad%20Name/e1/increment", body: "{}")
+            #expect(badName.status == 400)
+            let method = try client.request("DELETE", "/v1/misbehave/e1/increment")
+            #expect(method.status == 405)
+            #expect(method.headers["allow"] != nil)
+            #expect(try client.request("GET", "/v1/misbehave/never-written").status == 404)
+
+            #expect(try client.request("POST", "/v1/misbehave/e1/increment", body: #"{"by":1}"#).text == #"{"value":6}"#)
+            #expect(try client.request("GET", "/healthz").status == 200)
+            #expect(try client.request("GET", "/readyz").status == 200)
+            #expect(gateway.stop() == 0)
+        }
+    }
+
+    @Test("If-Match on a stale version is 412; the request id a client sends comes back")
+    func preconditions() async throws {
+        let database = try await TestDatabase.createDatabase()
+        try await onThread {
+            let gateway = try GatewayProcess(
+                arguments: ["--functions", Self.fixtures], environment: ["DATABASE_URL": database])
+            let client = gateway.client()
+            let first = try client.request("POST", "/v1/misbehave/p/increment", body: "{}", headers: ["X-Request-Id": "my-id-1"])
+            #expect(first.headers["x-request-id"] == "my-id-1")
+            #expect(first.headers["etag"] == "\"1\"")
+            let stale = try client.request("POST", "/v1/misbehave/p/increment", body: "{}", headers: ["If-Match": "\"0\""])
+            #expect(stale.status == 412)
+            let fresh = try client.request("POST", "/v1/misbehave/p/increment", body: "{}", headers: ["If-Match": "\"1\""])
+            #expect(fresh.status == 200)
+            #expect(fresh.headers["etag"] == "\"2\"")
+            #expect(gateway.stop() == 0)
+        }
+    }
+}

@@ -1,0 +1,95 @@
+// An entity's commands run one at a time, in arrival order.
+@testable import StatefnCore
+import Synchronization
+import Testing
+
+@Suite("entity mailboxes")
+struct MailboxTests {
+    @Test func stateMachineHandsOverInArrivalOrder() {
+        var mailbox = MailboxStateMachine<String>()
+        guard case .run = mailbox.acquire("a") else { Issue.record("first caller must run"); return }
+        guard case .wait = mailbox.acquire("b"), case .wait = mailbox.acquire("c") else {
+            Issue.record("later callers must wait")
+            return
+        }
+        #expect(mailbox.queued == 2)
+        guard case .resume("b") = mailbox.release(), case .resume("c") = mailbox.release() else {
+            Issue.record("waiters must resume in order")
+            return
+        }
+        guard case .idle = mailbox.release() else { Issue.record("empty mailbox must go idle"); return }
+        guard case .run = mailbox.acquire("d") else { Issue.record("an idle mailbox runs at once"); return }
+    }
+
+    @Test func stateMachineKeepsOrderAcrossManyWaiters() {
+        var mailbox = MailboxStateMachine<Int>()
+        _ = mailbox.acquire(-1)
+        for i in 0..<1000 { _ = mailbox.acquire(i) }
+        var order: [Int] = []
+        while case .resume(let next) = mailbox.release() { order.append(next) }
+        #expect(order == Array(0..<1000))
+    }
+
+    @Test func commandsOnOneEntityNeverOverlapAndKeepOrder() async throws {
+        let mailboxes = EntityMailboxes()
+        let key = EntityKey(function: "f", entity: "e")
+        let probe = Probe()
+        let gate = AsyncStream<Void>.makeStream()
+        var tasks: [Task<Void, any Error>] = []
+        for i in 0..<50 {
+            tasks.append(
+                Task {
+                    try await mailboxes.run(key) {
+                        probe.enter()
+                        if i == 0 { for await _ in gate.stream {} }  // hold the entity until all have arrived
+                        try await Task.sleep(for: .microseconds(100))
+                        probe.leave(i)
+                    }
+                })
+            // Arrival order is the order of enqueueing: start the next only once this one waits (or runs).
+            while mailboxes.queuedCount < i { await Task.yield() }
+        }
+        gate.continuation.finish()
+        for task in tasks { try await task.value }
+        #expect(probe.peak == 1)
+        #expect(probe.order == Array(0..<50))
+        #expect(mailboxes.queuedCount == 0)
+    }
+
+    @Test func differentEntitiesRunConcurrently() async throws {
+        let mailboxes = EntityMailboxes()
+        let probe = Probe()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<8 {
+                group.addTask {
+                    try await mailboxes.run(EntityKey(function: "f", entity: "e\(i)")) {
+                        probe.enter()
+                        try await Task.sleep(for: .milliseconds(50))
+                        probe.leave(i)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(probe.peak > 1)
+    }
+}
+
+/// Records how many bodies run at once, and the order they finish in.
+private final class Probe: Sendable {
+    private let state = Mutex<(running: Int, peak: Int, order: [Int])>((0, 0, []))
+    func enter() {
+        state.withLock {
+            $0.running += 1
+            $0.peak = max($0.peak, $0.running)
+        }
+    }
+    func leave(_ index: Int) {
+        state.withLock {
+            $0.running -= 1
+            $0.order.append(index)
+        }
+    }
+    var peak: Int { state.withLock { $0.peak } }
+    var order: [Int] { state.withLock { $0.order } }
+}

@@ -1,0 +1,57 @@
+// The v1 URL grammar: what a client's path turns into, or which status it gets.
+@testable import StatefnCore
+import Testing
+
+@Suite("routes")
+struct RouteTests {
+    @Test func commandsQueriesActionsAndRawState() throws {
+        #expect(try Route.parse(method: "POST", path: "/v1/counter/alice/increment")
+            == .command(function: "counter", entity: "alice", command: "increment", readonly: false))
+        #expect(try Route.parse(method: "GET", path: "/v1/counter/alice/get")
+            == .command(function: "counter", entity: "alice", command: "get", readonly: true))
+        #expect(try Route.parse(method: "POST", path: "/v1/echo/say") == .action(function: "echo", command: "say"))
+        #expect(try Route.parse(method: "GET", path: "/v1/counter/alice") == .rawState(function: "counter", entity: "alice"))
+        #expect(try Route.parse(method: "GET", path: "/healthz") == .healthz)
+        #expect(try Route.parse(method: "HEAD", path: "/readyz") == .readyz)
+    }
+
+    @Test func entityIdsArePercentDecoded() throws {
+        #expect(try Route.parse(method: "POST", path: "/v1/cart/bob%20smith/add")
+            == .command(function: "cart", entity: "bob smith", command: "add", readonly: false))
+        #expect(try Route.parse(method: "POST", path: "/v1/cart/%C3%A9l%C3%A8ve/add")
+            == .command(function: "cart", entity: "élève", command: "add", readonly: false))
+    }
+
+    @Test(arguments: [
+        ("POST", "/v1/Counter/a/inc", 400),  // upper case function
+        ("POST", "/v1/counter/a/1inc", 400),  // command must start with a letter
+        ("POST", "/v1/counter/a%2Fb/inc", 400),  // '/' inside an id
+        ("POST", "/v1/counter/a%0Ab/inc", 400),  // control character
+        ("POST", "/v1/counter/%ZZ/inc", 400),  // bad escape
+        ("POST", "/v1/counter/%FF/inc", 400),  // not UTF-8
+        ("POST", "/v1/counter/a/events", 404),  // reserved command
+        ("POST", "/v1/functions/a/x", 404),  // reserved function
+        ("GET", "/v2/counter/a/x", 404),
+        ("GET", "/v1/counter//x", 404),
+        ("GET", "/v1/a/b/c/d", 404),
+        ("PUT", "/v1/counter/a/inc", 405),
+        ("POST", "/healthz", 405),
+    ])
+    func refusals(method: String, path: String, status: Int) {
+        #expect(throws: RouteError.self) { try Route.parse(method: method, path: path) }
+        do {
+            _ = try Route.parse(method: method, path: path)
+        } catch {
+            #expect(error.status == status, "\(method) \(path)")
+            if status == 405 { #expect(!error.allow.isEmpty) }
+        }
+    }
+
+    @Test func entityLength() throws {
+        let longest = String(repeating: "a", count: 256)
+        _ = try Route.parse(method: "GET", path: "/v1/f/\(longest)")
+        #expect(throws: RouteError.self) { try Route.parse(method: "GET", path: "/v1/f/\(longest)a") }
+        #expect(Route.isFunctionName("a" + String(repeating: "b", count: 62)))
+        #expect(!Route.isFunctionName("a" + String(repeating: "b", count: 63)))
+    }
+}
