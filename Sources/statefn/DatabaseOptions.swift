@@ -32,7 +32,8 @@ struct DatabaseOptions: ParsableArguments {
         let directory = absolutePath(dataDir) + "/pg"
         let embedded = EmbeddedPostgres(directory: directory, logger: logger)
         let conninfo = try embedded.start()
-        logger.info("embedded PostgreSQL running", metadata: ["directory": "\(directory)"])
+        logger.info(
+            "embedded PostgreSQL running", metadata: ["directory": "\(directory)", "conninfo": "\(conninfo)"])
         return (try PostgresConfig(conninfo), embedded)
     }
 
