@@ -20,6 +20,8 @@ public struct JSONObject: Sendable, Hashable, Sequence, ExpressibleByDictionaryL
     public init() { pairs = [] }
     public init(_ pairs: [(String, JSONValue)]) { self.pairs = pairs.map { (key: $0.0, value: $0.1) } }
     public init(dictionaryLiteral elements: (String, JSONValue)...) { self.init(elements) }
+    /// For the parser, whose keys are already unique: no per-pair copy or lookup.
+    init(orderedPairs pairs: [Element]) { self.pairs = pairs }
 
     public var count: Int { pairs.count }
     public var isEmpty: Bool { pairs.isEmpty }
