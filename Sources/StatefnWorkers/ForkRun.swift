@@ -9,6 +9,7 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
     private let pool: WorkerPool
     private var request: PendingRequest?
     private var deadline: EventLoop.Timer?
+    private var sawFirstLine = false
 
     init(slot: Int, function: FunctionDefinition, process: WorkerProcess, pool: WorkerPool) {
         self.slot = slot
@@ -28,6 +29,10 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
 
     private func received(_ line: [UInt8], truncated: Bool) {
         guard let request else { return }  // Only the first line is the answer.
+        if !sawFirstLine {
+            sawFirstLine = true
+            if !truncated && isReadyLine(line) { return }
+        }
         self.request = nil
         let answer =
             truncated

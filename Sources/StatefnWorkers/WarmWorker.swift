@@ -1,7 +1,6 @@
 // Warm mode (DESIGN.md section 3): a long-lived process reads request lines in a loop and answers each in order,
 // one request in flight at a time. It may announce itself with {"ready":true} first.
 import Glibc
-import StatefnJSON
 
 final class WarmWorker: @unchecked Sendable {  // confined to the event loop thread
     /// How long a recycled worker gets to finish on its own after stdin closes.
@@ -106,11 +105,5 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         guard !retired else { return }
         retired = true
         pool.workerRetired(id, of: function)
-    }
-
-    /// `{"ready":true}`, the optional first line of a warm worker.
-    private func isReadyLine(_ line: [UInt8]) -> Bool {
-        guard line.first == UInt8(ascii: "{"), let value = try? JSONValue.parse(line, limits: .worker) else { return false }
-        return value["ready"] == .bool(true) && value["id"] == nil
     }
 }

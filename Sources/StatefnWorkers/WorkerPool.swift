@@ -221,3 +221,9 @@ func decodeAnswer(_ line: [UInt8], to requestID: String) -> Result<JSONValue, Wo
     }
     return .success(answer)
 }
+
+/// `{"ready":true}`, the optional first line of a warm worker. Fork mode skips it too, so one SDK serves both.
+func isReadyLine(_ line: [UInt8]) -> Bool {
+    guard line.first == UInt8(ascii: "{"), let value = try? JSONValue.parse(line, limits: .worker) else { return false }
+    return value["ready"] == .bool(true) && value["id"] == nil
+}

@@ -21,6 +21,16 @@ import Testing
         }
     }
 
+    @Test func theSDKAlsoServesForkMode() async throws {
+        try await withPool { pool in
+            var counter = example("counter")
+            counter.manifest.mode = .fork
+            let answer = try await pool.invoke(
+                counter, request: request("1", command: "increment", payload: ["by": 2], state: ["value": 40]))
+            #expect(answer["reply"] == ["value": 42])
+        }
+    }
+
     @Test func counterRefusesBadInput() async throws {
         try await withPool { pool in
             let counter = example("counter")
