@@ -18,6 +18,9 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .systemLibrary(name: "CMicroHTTPD", pkgConfig: "libmicrohttpd", providers: [.apt(["libmicrohttpd-dev"])]),
 
+        // GNU and Linux process calls that Swift's Glibc module hides (pipe2, pidfd_open, spawn file actions).
+        .target(name: "CLinux"),
+
         // The only importer of CJansson.
         .target(name: "StatefnJSON", dependencies: ["CJansson"]),
         // The only importer of CLibPQ.
@@ -30,7 +33,7 @@ let package = Package(
             dependencies: ["CMicroHTTPD", "StatefnJSON", .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "StatefnWorkers",
-            dependencies: ["StatefnJSON", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["CLinux", "StatefnJSON", .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "StatefnCore",
             dependencies: [

@@ -1,0 +1,17 @@
+// Linux and GNU process calls that Swift's Glibc module hides: it is built without _GNU_SOURCE, so these
+// declarations are invisible to Swift. Each wrapper is compiled in shim.c, where _GNU_SOURCE is defined.
+#pragma once
+#include <spawn.h>
+#include <sys/types.h>
+// Not part of Swift's Glibc module at all; included here so Swift sees them through this module.
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+// pipe2 lets a pipe be born close-on-exec, so a child spawned by another thread never inherits it.
+int clinux_pipe2(int fds[2], int flags);
+// posix_spawn_file_actions_addclosefrom_np closes every descriptor the child should not inherit.
+int clinux_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int lowest);
+// posix_spawn_file_actions_addchdir_np sets the child's working directory without a shell.
+int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
+// pidfd_open gives a descriptor that epoll reports readable when the process exits.
+int clinux_pidfd_open(pid_t pid);

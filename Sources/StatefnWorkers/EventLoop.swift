@@ -1,0 +1,224 @@
+// The worker pool's I/O thread: one epoll loop over every worker pipe and pidfd, with timers and a queue of tasks
+// handed in from other threads (Redis ae.c in spirit). Nothing here ever runs on Swift's cooperative pool.
+import CLinux
+import Glibc
+import Synchronization
+
+/// A single-threaded event loop. Other threads only call `execute` and `stop`; `watch`, `schedule` and the rest
+/// are called by tasks, handlers and timers, which all run on the loop thread.
+final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `threadID` are synchronized; the rest is touched only on the loop thread
+    typealias Handler = (_ events: UInt32) -> Void
+    static let readable = EPOLLIN.rawValue
+    static let writable = EPOLLOUT.rawValue
+
+    /// A registered descriptor. The token, not the fd number, finds the handler, so an event still pending for a
+    /// closed descriptor never reaches the handler of a new one that reused its number.
+    struct Watch {
+        fileprivate let token: UInt64
+        fileprivate let fd: Int32
+    }
+
+    struct Timer {
+        fileprivate let id: Int
+    }
+
+    /// One read buffer for every pipe: reads happen one at a time on the loop thread.
+    let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+
+    private let epoll: Int32
+    private let wakeup: Int32
+    private let incoming = Mutex<[@Sendable () -> Void]>([])
+    private let stopping = Atomic<Bool>(false)
+    private let threadID = Atomic<UInt>(0)
+    private var handlers: [UInt64: Handler] = [:]
+    private var nextToken: UInt64 = 1
+    private var timerQueue = MinHeap()
+    private var timerHandlers: [Int: () -> Void] = [:]
+    private var nextTimer = 0
+
+    init() {
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        wakeup = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
+        precondition(epoll >= 0 && wakeup >= 0, "epoll_create1 or eventfd failed: errno \(errno)")
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue
+        event.data.u64 = 0
+        precondition(epoll_ctl(epoll, EPOLL_CTL_ADD, wakeup, &event) == 0, "epoll_ctl failed: errno \(errno)")
+
+        var thread = pthread_t()
+        let retained = Unmanaged.passRetained(self).toOpaque()
+        let created = pthread_create(&thread, nil, { raw in
+            Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue().run()
+            return nil
+        }, retained)
+        precondition(created == 0, "pthread_create failed: \(created)")
+        pthread_detach(thread)
+    }
+
+    deinit {
+        close(epoll)
+        close(wakeup)
+        readBuffer.deallocate()
+    }
+
+    var inLoopThread: Bool { threadID.load(ordering: .acquiring) == pthread_self() }
+
+    /// Runs `task` on the loop thread, after the current event if called from there.
+    func execute(_ task: @escaping @Sendable () -> Void) {
+        let wasEmpty = incoming.withLock { tasks in
+            tasks.append(task)
+            return tasks.count == 1
+        }
+        // The loop drains every task before it sleeps again, so only the first task since the last drain, from
+        // another thread, needs to wake it.
+        if wasEmpty && !inLoopThread { wake() }
+    }
+
+    /// Ends the loop thread after the current iteration. Pending tasks and timers are dropped.
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        wake()
+    }
+
+    // MARK: Loop thread only
+
+    /// Calls `handler` with the epoll event bits whenever `fd` is ready (level-triggered); wraps epoll_ctl(2).
+    func watch(_ fd: Int32, for events: UInt32, _ handler: @escaping Handler) -> Watch {
+        let token = nextToken
+        nextToken += 1
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        precondition(epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0, "epoll_ctl ADD \(fd) failed: errno \(errno)")
+        handlers[token] = handler
+        return Watch(token: token, fd: fd)
+    }
+
+    /// Stops watching; call it before closing the descriptor. Wraps epoll_ctl(2).
+    func unwatch(_ watch: Watch) {
+        epoll_ctl(epoll, EPOLL_CTL_DEL, watch.fd, nil)
+        handlers[watch.token] = nil
+    }
+
+    /// Calls `handler` once, `milliseconds` from now, unless cancelled first.
+    func schedule(after milliseconds: Int, _ handler: @escaping () -> Void) -> Timer {
+        nextTimer += 1
+        timerQueue.push(deadline: monotonicNanoseconds() + UInt64(max(0, milliseconds)) * 1_000_000, id: nextTimer)
+        timerHandlers[nextTimer] = handler
+        return Timer(id: nextTimer)
+    }
+
+    func cancel(_ timer: Timer) {
+        timerHandlers[timer.id] = nil
+    }
+
+    // MARK: The loop
+
+    private func run() {
+        threadID.store(pthread_self(), ordering: .releasing)
+        // A write to a pipe whose reader died raises SIGPIPE in the writing thread; blocked here, it stays pending
+        // and harmless, and write(2) reports EPIPE instead of killing the gateway.
+        var pipeSignal = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, nil)
+
+        var events = [epoll_event](repeating: epoll_event(), count: 128)
+        while !stopping.load(ordering: .acquiring) {
+            runTasks()
+            let ready = epoll_wait(epoll, &events, Int32(events.count), nextTimeout())
+            if ready < 0 {
+                precondition(errno == EINTR, "epoll_wait failed: errno \(errno)")
+                continue
+            }
+            for index in 0..<Int(ready) {
+                let token = events[index].data.u64
+                if token == 0 {
+                    var count: UInt64 = 0
+                    _ = read(wakeup, &count, 8)
+                } else if let handler = handlers[token] {
+                    handler(events[index].events)
+                }
+            }
+            runTimers()
+        }
+    }
+
+    private func runTasks() {
+        while true {
+            let tasks = incoming.withLock { tasks in
+                defer { tasks.removeAll(keepingCapacity: true) }
+                return tasks
+            }
+            if tasks.isEmpty { return }
+            for task in tasks { task() }
+        }
+    }
+
+    private func runTimers() {
+        let now = monotonicNanoseconds()
+        while let (deadline, id) = timerQueue.first, deadline <= now {
+            timerQueue.popFirst()
+            timerHandlers.removeValue(forKey: id)?()
+        }
+    }
+
+    /// Milliseconds until the next timer, rounded up so a timer never fires early; -1 to sleep until an event.
+    private func nextTimeout() -> Int32 {
+        while let (_, id) = timerQueue.first, timerHandlers[id] == nil { timerQueue.popFirst() }
+        guard let (deadline, _) = timerQueue.first else { return -1 }
+        let now = monotonicNanoseconds()
+        guard deadline > now else { return 0 }
+        return Int32(min((deadline - now + 999_999) / 1_000_000, UInt64(Int32.max)))
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeup, &one, 8)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds; wraps clock_gettime(2).
+func monotonicNanoseconds() -> UInt64 {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+}
+
+/// A binary min-heap of timer deadlines; ties go to the earlier timer.
+private struct MinHeap {
+    private var items: [(deadline: UInt64, id: Int)] = []
+
+    var first: (UInt64, Int)? { items.first.map { ($0.deadline, $0.id) } }
+
+    mutating func push(deadline: UInt64, id: Int) {
+        items.append((deadline, id))
+        var child = items.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard less(child, parent) else { break }
+            items.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func popFirst() {
+        items.swapAt(0, items.count - 1)
+        items.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1
+            let right = left + 1
+            var smallest = parent
+            if left < items.count && less(left, smallest) { smallest = left }
+            if right < items.count && less(right, smallest) { smallest = right }
+            if smallest == parent { return }
+            items.swapAt(parent, smallest)
+            parent = smallest
+        }
+    }
+
+    private func less(_ a: Int, _ b: Int) -> Bool {
+        (items[a].deadline, items[a].id) < (items[b].deadline, items[b].id)
+    }
+}

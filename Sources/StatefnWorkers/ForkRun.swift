@@ -1,0 +1,67 @@
+// Fork mode (DESIGN.md section 3): one process per request. It gets one request line and end of file, writes one
+// answer and exits. A valid answer counts even if the exit status is not zero; no answer is a crash.
+import Glibc
+
+final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
+    private let slot: Int
+    private let function: FunctionDefinition
+    private let process: WorkerProcess
+    private let pool: WorkerPool
+    private var request: PendingRequest?
+    private var deadline: EventLoop.Timer?
+    private var sawFirstLine = false
+
+    init(slot: Int, function: FunctionDefinition, process: WorkerProcess, pool: WorkerPool) {
+        self.slot = slot
+        self.function = function
+        self.process = process
+        self.pool = pool
+        process.onLine = { line, truncated in self.received(line, truncated: truncated) }
+        process.onExit = { status in self.exited(status) }
+    }
+
+    func start(_ request: PendingRequest) {
+        self.request = request
+        process.send(request.line, thenClose: true)
+        // The deadline also bounds a process that answered but lingers: its slot is freed only when it exits.
+        deadline = pool.loop.schedule(after: function.manifest.timeoutMs) { self.timedOut() }
+    }
+
+    private func received(_ line: [UInt8], truncated: Bool) {
+        guard let request else { return }  // Only the first line is the answer.
+        if !sawFirstLine {
+            sawFirstLine = true
+            if !truncated && isReadyLine(line) { return }
+        }
+        self.request = nil
+        let answer =
+            truncated
+            ? .failure(WorkerError(.invalidResponse, "an answer line over \(WorkerProcess.stdoutLineLimit) bytes"))
+            : decodeAnswer(line, to: request.id)
+        if case .failure = answer { process.signalGroup(SIGKILL) }
+        request.finish(answer)
+    }
+
+    private func timedOut() {
+        deadline = nil
+        process.signalGroup(SIGKILL)
+        guard let request else { return }
+        self.request = nil
+        request.finish(
+            .failure(
+                WorkerError(
+                    .timedOut,
+                    "\(function.name): no answer within \(function.manifest.timeoutMs) ms; process group "
+                        + "\(process.pid) killed")))
+    }
+
+    private func exited(_ status: ExitStatus) {
+        if let timer = deadline { pool.loop.cancel(timer) }
+        deadline = nil
+        pool.io.reaped(process)
+        pool.workerRetired(slot, of: function)
+        guard let request else { return }
+        self.request = nil
+        request.finish(.failure(WorkerError(.crashed, "\(function.name) process \(process.pid) \(status) without answering")))
+    }
+}

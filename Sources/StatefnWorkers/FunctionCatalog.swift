@@ -1,0 +1,151 @@
+// The functions directory as statefn sees it: which functions exist, where their executables are, and their
+// manifests. Scanning never throws: a broken function is reported in `failures` and the others still load.
+import Glibc
+import StatefnJSON
+
+/// A function found in the functions directory.
+public struct FunctionDefinition: Sendable, Hashable {
+    public var name: String
+    /// Absolute path of the executable (`functions/<name>` or `functions/<name>/handler`).
+    public var executable: String
+    /// The directory the worker runs in.
+    public var workingDirectory: String
+    public var manifest: FunctionManifest
+    public init(name: String, executable: String, workingDirectory: String, manifest: FunctionManifest) {
+        self.name = name
+        self.executable = executable
+        self.workingDirectory = workingDirectory
+        self.manifest = manifest
+    }
+}
+
+/// The result of scanning a functions directory.
+public struct FunctionCatalog: Sendable {
+    public var functions: [String: FunctionDefinition]
+    /// Functions that could not be loaded, with the reason (bad manifest, not executable, ...).
+    public var failures: [String: String]
+    public init(functions: [String: FunctionDefinition] = [:], failures: [String: String] = [:]) {
+        self.functions = functions
+        self.failures = failures
+    }
+
+    /// Scans `directory` for both layouts of DESIGN.md section 3. Names that are not valid function names
+    /// (`[a-z][a-z0-9_-]{0,62}`, e.g. `_sdk`, `README.md`) are ignored.
+    public static func scan(directory: String) -> FunctionCatalog {
+        var catalog = FunctionCatalog()
+        guard let root = absolutePath(directory), let entries = directoryEntries(root) else { return catalog }
+        for name in entries where isFunctionName(name) {
+            switch load(name: name, root: root) {
+            case .success(let definition): catalog.functions[name] = definition
+            case .failure(let error): catalog.failures[name] = error.detail
+            }
+        }
+        return catalog
+    }
+
+    /// `[a-z][a-z0-9_-]{0,62}` (DESIGN.md section 2).
+    public static func isFunctionName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard let first = bytes.first, bytes.count <= 63, first.isASCIILowercase else { return false }
+        return bytes.dropFirst().allSatisfy { $0.isASCIILowercase || $0.isASCIIDigit || $0 == 0x5F || $0 == 0x2D }
+    }
+
+    private static func load(name: String, root: String) -> Result<FunctionDefinition, WorkerError> {
+        let path = root + "/" + name
+        guard let entry = FileStatus(path) else { return .failure(WorkerError(.spawnFailed, "cannot stat \(path)")) }
+        let executable: String
+        let workingDirectory: String
+        let manifestPath: String
+        if entry.isDirectory {
+            executable = path + "/handler"
+            workingDirectory = path
+            manifestPath = path + "/function.json"
+            guard let handler = FileStatus(executable), handler.isRegularFile else {
+                return .failure(WorkerError(.spawnFailed, "folder \(path) has no handler file"))
+            }
+            guard handler.isExecutable else {
+                return .failure(WorkerError(.spawnFailed, "\(executable) is not executable (chmod +x)"))
+            }
+        } else {
+            executable = path
+            workingDirectory = root
+            manifestPath = path + ".json"
+            guard entry.isRegularFile, entry.isExecutable else {
+                return .failure(WorkerError(.spawnFailed, "\(path) is not an executable file (chmod +x)"))
+            }
+        }
+        var manifest = FunctionManifest()
+        if FileStatus(manifestPath) != nil {
+            do {
+                manifest = try FunctionManifest.parse(try readManifest(manifestPath))
+            } catch {
+                return .failure(WorkerError(.invalidManifest, "\(manifestPath): \(error.detail)"))
+            }
+        }
+        return .success(
+            FunctionDefinition(
+                name: name, executable: executable, workingDirectory: workingDirectory, manifest: manifest))
+    }
+
+    private static func readManifest(_ path: String) throws(WorkerError) -> JSONValue {
+        guard let bytes = readFile(path, limit: 1 << 20) else {
+            throw WorkerError(.invalidManifest, "cannot read the file, or it is over 1 MiB")
+        }
+        do {
+            return try JSONValue.parse(bytes, limits: JSONLimits(maxBytes: 1 << 20))
+        } catch {
+            throw WorkerError(.invalidManifest, "not valid JSON: \(error)")
+        }
+    }
+}
+
+/// What `stat(2)` says about a path, following symlinks.
+private struct FileStatus {
+    let mode: mode_t
+    init?(_ path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        mode = info.st_mode
+    }
+    var isDirectory: Bool { mode & S_IFMT == S_IFDIR }
+    var isRegularFile: Bool { mode & S_IFMT == S_IFREG }
+    var isExecutable: Bool { mode & 0o111 != 0 }
+}
+
+/// The names in a directory, without `.` and `..`; wraps opendir(3) and readdir(3).
+private func directoryEntries(_ path: String) -> [String]? {
+    guard let directory = opendir(path) else { return nil }
+    defer { closedir(directory) }
+    var names: [String] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names.sorted()
+}
+
+/// An absolute, symlink-free path; wraps realpath(3).
+private func absolutePath(_ path: String) -> String? {
+    guard let resolved = realpath(path, nil) else { return nil }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}
+
+/// A whole small file, or nil if it cannot be read or is over `limit` bytes; wraps open(2) and read(2).
+private func readFile(_ path: String, limit: Int) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        guard count >= 0 else { return nil }
+        if count == 0 { return bytes }
+        bytes += chunk[..<count]
+        if bytes.count > limit { return nil }
+    }
+}

@@ -1,0 +1,114 @@
+// A function's manifest (DESIGN.md section 3): parsed from `<name>.json` or `function.json`, strictly, so a typo in a
+// field name is reported at load time instead of silently falling back to a default.
+import StatefnJSON
+
+public enum WorkerMode: String, Sendable {
+    case warm, fork
+}
+
+/// A function's manifest (DESIGN.md section 3), with the documented defaults for missing fields.
+///
+/// `memoryMB` is parsed and kept, but not enforced yet: RLIMIT_AS breaks V8, the JVM and Go, which reserve far more
+/// address space than they use, so enforcement needs a cgroup.
+public struct FunctionManifest: Sendable, Hashable {
+    public var mode: WorkerMode = .warm
+    public var timeoutMs: Int = 10_000
+    public var minWorkers: Int = 0
+    public var maxWorkers: Int = 4
+    public var idleTimeoutMs: Int = 60_000
+    public var maxRequests: Int = 0
+    public var maxQueue: Int = 256
+    public var queueTimeoutMs: Int = 5_000
+    public var memoryMB: Int = 512
+    public var env: [String: String] = [:]
+    public var publicCommands: [String] = []
+    public var maxStateBytes: Int = 1_048_576
+    /// An action: no entity, no state.
+    public var stateless: Bool = false
+    public init() {}
+
+    /// Validates a manifest document; unknown fields and wrong types are errors naming the field.
+    public static func parse(_ value: JSONValue) throws(WorkerError) -> FunctionManifest {
+        guard case .object(let object) = value else { throw invalid("the manifest must be a JSON object") }
+        var manifest = FunctionManifest()
+        for (key, value) in object {
+            switch key {
+            case "mode":
+                guard let text = value.stringValue, let mode = WorkerMode(rawValue: text) else {
+                    throw invalid("field mode: must be \"warm\" or \"fork\"")
+                }
+                manifest.mode = mode
+            case "timeout_ms": manifest.timeoutMs = try integer(value, key, in: 1...3_600_000)
+            case "min_workers": manifest.minWorkers = try integer(value, key, in: 0...1024)
+            case "max_workers": manifest.maxWorkers = try integer(value, key, in: 1...1024)
+            case "idle_timeout_ms": manifest.idleTimeoutMs = try integer(value, key, in: 0...86_400_000)
+            case "max_requests": manifest.maxRequests = try integer(value, key, in: 0...Int(Int32.max))
+            case "max_queue": manifest.maxQueue = try integer(value, key, in: 0...1_000_000)
+            case "queue_timeout_ms": manifest.queueTimeoutMs = try integer(value, key, in: 0...3_600_000)
+            case "memory_mb": manifest.memoryMB = try integer(value, key, in: 1...1_048_576)
+            case "max_state_bytes": manifest.maxStateBytes = try integer(value, key, in: 1...(1 << 30))
+            case "stateless":
+                guard let flag = value.boolValue else { throw invalid("field stateless: must be true or false") }
+                manifest.stateless = flag
+            case "env": manifest.env = try environment(value)
+            case "public": manifest.publicCommands = try commandNames(value)
+            default: throw invalid("field \(key): unknown field")
+            }
+        }
+        guard manifest.minWorkers <= manifest.maxWorkers else {
+            throw invalid("field min_workers: must not exceed max_workers (\(manifest.maxWorkers))")
+        }
+        return manifest
+    }
+
+    private static func invalid(_ detail: String) -> WorkerError { WorkerError(.invalidManifest, detail) }
+
+    private static func integer(_ value: JSONValue, _ key: String, in range: ClosedRange<Int>) throws(WorkerError) -> Int {
+        guard let number = value.integerValue else { throw invalid("field \(key): must be an integer") }
+        guard number >= range.lowerBound, number <= range.upperBound else {
+            throw invalid("field \(key): must be between \(range.lowerBound) and \(range.upperBound), got \(number)")
+        }
+        return Int(number)
+    }
+
+    private static func environment(_ value: JSONValue) throws(WorkerError) -> [String: String] {
+        guard let object = value.objectValue else { throw invalid("field env: must be an object of strings") }
+        var env: [String: String] = [:]
+        for (name, value) in object {
+            // A name with "=" or NUL would smuggle a different variable into the environment block.
+            guard !name.isEmpty, !name.utf8.contains(UInt8(ascii: "=")), !name.utf8.contains(0) else {
+                throw invalid("field env: invalid variable name \"\(name)\"")
+            }
+            guard let text = value.stringValue, !text.utf8.contains(0) else {
+                throw invalid("field env: \(name) must be a string")
+            }
+            env[name] = text
+        }
+        return env
+    }
+
+    private static func commandNames(_ value: JSONValue) throws(WorkerError) -> [String] {
+        guard let array = value.arrayValue else { throw invalid("field public: must be an array of command names") }
+        var names: [String] = []
+        for element in array {
+            guard let name = element.stringValue, isCommandName(name) else {
+                throw invalid("field public: \(element.encodedString()) is not a command name")
+            }
+            names.append(name)
+        }
+        return names
+    }
+
+    /// `[A-Za-z][A-Za-z0-9_.-]{0,62}` (DESIGN.md section 2).
+    static func isCommandName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard let first = bytes.first, bytes.count <= 63, first.isASCIILetter else { return false }
+        return bytes.dropFirst().allSatisfy { $0.isASCIILetter || $0.isASCIIDigit || "_.-".utf8.contains($0) }
+    }
+}
+
+extension UInt8 {
+    var isASCIILetter: Bool { (0x41...0x5A).contains(self) || (0x61...0x7A).contains(self) }
+    var isASCIIDigit: Bool { (0x30...0x39).contains(self) }
+    var isASCIILowercase: Bool { (0x61...0x7A).contains(self) }
+}

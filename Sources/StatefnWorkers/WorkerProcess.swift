@@ -1,0 +1,197 @@
+// One spawned worker as the event loop sees it: request bytes going in, stdout lines coming out, stderr lines going
+// to the log, and finally its exit, after which it is reaped and every descriptor is closed.
+import Glibc
+import Logging
+
+/// Owns a worker's pipes and pidfd and reaps its pid; its owner (a warm worker or a fork run) sees only lines and
+/// the exit. The event loop's registrations keep it alive until it is reaped, so no process is ever forgotten.
+final class WorkerProcess: @unchecked Sendable {  // confined to the event loop thread
+    static let stdoutLineLimit = 8 << 20
+    static let stderrLineLimit = 16 << 10
+
+    let pid: pid_t
+    let function: String
+    private(set) var exited = false
+    /// Each complete stdout line, without its newline. `truncated` means it was over `stdoutLineLimit`.
+    var onLine: (_ line: [UInt8], _ truncated: Bool) -> Void = { _, _ in }
+    /// stdout reached end of file while the process may still be running.
+    var onStdoutClosed: () -> Void = {}
+    /// The process has exited and been reaped; nothing else is called after this.
+    var onExit: (ExitStatus) -> Void = { _ in }
+
+    private let loop: EventLoop
+    private let logger: Logger
+    private var stdin: Int32
+    private var stdout: Int32
+    private var stderr: Int32
+    private var pidfd: Int32
+    private var stdinWatch: EventLoop.Watch?
+    private var stdoutWatch: EventLoop.Watch?
+    private var stderrWatch: EventLoop.Watch?
+    private var pidfdWatch: EventLoop.Watch?
+    private var stdoutLines = LineFramer(limit: WorkerProcess.stdoutLineLimit)
+    private var stderrLines = LineFramer(limit: WorkerProcess.stderrLineLimit)
+    private var unwritten: [UInt8] = []
+    private var written = 0
+    private var closeStdinWhenWritten = false
+
+    init(spawning definition: FunctionDefinition, loop: EventLoop, logger: Logger) throws(WorkerError) {
+        let spawned = try Spawner.spawn(definition)
+        pid = spawned.pid
+        function = definition.name
+        self.loop = loop
+        self.logger = logger
+        stdin = spawned.stdin
+        stdout = spawned.stdout
+        stderr = spawned.stderr
+        pidfd = spawned.pidfd
+        let readable = EventLoop.readable
+        stdoutWatch = loop.watch(stdout, for: readable) { _ in self.readStdout() }
+        stderrWatch = loop.watch(stderr, for: readable) { _ in self.readStderr() }
+        pidfdWatch = loop.watch(pidfd, for: readable) { _ in self.reap() }
+    }
+
+    /// Writes `bytes` to the worker's stdin, now or as the pipe drains.
+    func send(_ bytes: [UInt8], thenClose: Bool) {
+        guard stdin >= 0 else { return }  // It stopped reading; its exit or stdout will tell the owner why.
+        unwritten += bytes
+        closeStdinWhenWritten = thenClose
+        flushStdin()
+    }
+
+    /// Closing stdin is how a JSON-lines worker is asked to finish: its read loop ends.
+    func closeStdin() {
+        guard stdin >= 0 else { return }
+        if let watch = stdinWatch { loop.unwatch(watch) }
+        stdinWatch = nil
+        close(stdin)
+        stdin = -1
+        unwritten = []
+        written = 0
+    }
+
+    /// Signals the worker's whole process group, grandchildren included. Until the pid is reaped it cannot be
+    /// reused, so this never hits a stranger.
+    func signalGroup(_ signal: Int32) {
+        guard !exited else { return }
+        kill(-pid, signal)
+    }
+
+    // MARK: Events
+
+    private func flushStdin() {
+        while written < unwritten.count {
+            let count = unwritten.withUnsafeBytes { write(stdin, $0.baseAddress! + written, $0.count - written) }
+            if count >= 0 {
+                written += count
+            } else if errno == EAGAIN {
+                if stdinWatch == nil {
+                    stdinWatch = loop.watch(stdin, for: EventLoop.writable) { _ in self.flushStdin() }
+                }
+                return
+            } else if errno != EINTR {
+                closeStdin()  // EPIPE: the worker closed stdin or died; stdout and its exit tell the rest.
+                return
+            }
+        }
+        unwritten.removeAll(keepingCapacity: true)
+        written = 0
+        if let watch = stdinWatch { loop.unwatch(watch) }
+        stdinWatch = nil
+        if closeStdinWhenWritten { closeStdin() }
+    }
+
+    private func readStdout() {
+        switch readChunk(stdout) {
+        case .data(let bytes):
+            stdoutLines.append(bytes)
+            while case .line(let line, let truncated) = stdoutLines.next() { onLine(line, truncated) }
+        case .endOfFile: closeStdout()
+        case .wouldBlock: break
+        }
+    }
+
+    private func readStderr() {
+        switch readChunk(stderr) {
+        case .data(let bytes):
+            stderrLines.append(bytes)
+            while case .line(let line, let truncated) = stderrLines.next() { log(line, truncated: truncated) }
+        case .endOfFile: closeStderr()
+        case .wouldBlock: break
+        }
+    }
+
+    private func closeStdout() {
+        guard stdout >= 0 else { return }
+        if let watch = stdoutWatch { loop.unwatch(watch) }
+        stdoutWatch = nil
+        close(stdout)
+        stdout = -1
+        if let last = stdoutLines.remainder() { onLine(last, false) }
+        onStdoutClosed()
+    }
+
+    private func closeStderr() {
+        guard stderr >= 0 else { return }
+        if let watch = stderrWatch { loop.unwatch(watch) }
+        stderrWatch = nil
+        close(stderr)
+        stderr = -1
+        if let last = stderrLines.remainder() { log(last, truncated: false) }
+    }
+
+    /// The pidfd is readable: the process has exited and is a zombie until waitpid.
+    private func reap() {
+        // While the leader is a zombie its pid still names the group, so whatever it left behind can be killed
+        // safely; orphans would otherwise outlive their function.
+        kill(-pid, SIGKILL)
+        while stdout >= 0, case .data(let bytes) = readChunk(stdout) {
+            stdoutLines.append(bytes)
+            while case .line(let line, let truncated) = stdoutLines.next() { onLine(line, truncated) }
+        }
+        while stderr >= 0, case .data(let bytes) = readChunk(stderr) {
+            stderrLines.append(bytes)
+            while case .line(let line, let truncated) = stderrLines.next() { log(line, truncated: truncated) }
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        exited = true
+        closeStdin()
+        closeStdout()
+        closeStderr()
+        if let watch = pidfdWatch { loop.unwatch(watch) }
+        pidfdWatch = nil
+        close(pidfd)
+        pidfd = -1
+        let onExit = self.onExit
+        // The owners' closures capture them and they hold this process: drop the cycle now that it is over.
+        onLine = { _, _ in }
+        onStdoutClosed = {}
+        self.onExit = { _ in }
+        onExit(ExitStatus(raw: status))
+    }
+
+    private enum Chunk {
+        case data(UnsafeRawBufferPointer)
+        case endOfFile
+        case wouldBlock
+    }
+
+    /// One read(2) into the loop's shared buffer; a read error counts as end of file.
+    private func readChunk(_ fd: Int32) -> Chunk {
+        while true {
+            let count = read(fd, loop.readBuffer.baseAddress, loop.readBuffer.count)
+            if count > 0 { return .data(UnsafeRawBufferPointer(rebasing: loop.readBuffer[..<count])) }
+            if count == 0 { return .endOfFile }
+            if errno == EAGAIN { return .wouldBlock }
+            if errno != EINTR { return .endOfFile }
+        }
+    }
+
+    private func log(_ line: [UInt8], truncated: Bool) {
+        var text = String(decoding: line, as: UTF8.self)
+        if text.hasSuffix("\r") { text.removeLast() }
+        if truncated { text += "…[truncated]" }
+        logger.info("\(text)", metadata: ["function": "\(function)", "pid": "\(pid)"])
+    }
+}

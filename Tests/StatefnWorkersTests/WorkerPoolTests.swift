@@ -1,0 +1,307 @@
+// The worker pool against real processes: the fixtures in Fixtures/functions, each misbehaving in one way.
+import Foundation
+import Logging
+import StatefnJSON
+import Testing
+
+@testable import StatefnWorkers
+
+/// Runs `body` with a fresh pool and always shuts it down, so no test leaves workers behind.
+func withPool<T>(
+    _ recorder: LogRecorder = LogRecorder(), _ body: (WorkerPool) async throws -> T
+) async rethrows -> T {
+    let pool = WorkerPool(logger: recorder.logger)
+    do {
+        let result = try await body(pool)
+        await pool.shutdown()
+        return result
+    } catch {
+        await pool.shutdown()
+        throw error
+    }
+}
+
+@Suite struct WorkerPoolTests {
+    @Test func warmWorkerIsReusedAcrossRequests() async throws {
+        try await withPool { pool in
+            let echo = fixture("echo")
+            var pids: Set<Int64> = []
+            for index in 0..<5 {
+                let answer = try await pool.invoke(echo, request: request("r\(index)", payload: ["n": .integer(Int64(index))]))
+                #expect(answer["id"] == .string("r\(index)"))
+                #expect(answer["reply"]?["payload"]?["n"] == .integer(Int64(index)))
+                pids.insert(try #require(answer["reply"]?["pid"]?.integerValue))
+            }
+            #expect(pids.count == 1)
+            let status = await pool.status()
+            #expect(status.map(\.pids) == [pids.map { Int32($0) }])
+            #expect(status.first?.idle == 1)
+        }
+    }
+
+    @Test func manyConcurrentRequestsShareTheWorkers() async throws {
+        try await withPool { pool in
+            let echo = fixture("echo") { $0.maxWorkers = 4 }
+            let pids = try await withThrowingTaskGroup(of: Int64.self) { group in
+                for index in 0..<50 {
+                    group.addTask {
+                        let answer = try await pool.invoke(echo, request: request("c\(index)", payload: ["sleep_ms": 20]))
+                        #expect(answer["id"] == .string("c\(index)"))
+                        return try #require(answer["reply"]?["pid"]?.integerValue)
+                    }
+                }
+                return try await group.reduce(into: Set<Int64>()) { $0.insert($1) }
+            }
+            #expect(pids.count >= 1 && pids.count <= 4)
+        }
+    }
+
+    @Test func aFullQueueRefusesAtOnce() async throws {
+        try await withPool { pool in
+            let echo = fixture("echo") {
+                $0.maxWorkers = 1
+                $0.maxQueue = 1
+                $0.queueTimeoutMs = 60_000
+            }
+            async let slow = pool.invoke(echo, request: request("slow", payload: ["sleep_ms": 1500]))
+            #expect(await eventually { await pool.status().first?.busy == 1 })
+            async let queued = pool.invoke(echo, request: request("queued"))
+            #expect(await eventually { await pool.status().first?.queued == 1 })
+            let refused = await failureCode { try await pool.invoke(echo, request: request("refused")) }
+            #expect(refused == .queueFull)
+            let (slowAnswer, queuedAnswer) = try await (slow, queued)
+            #expect(slowAnswer["id"] == "slow")
+            #expect(queuedAnswer["id"] == "queued")
+        }
+    }
+
+    @Test func waitingPastTheQueueTimeoutIsRefused() async throws {
+        try await withPool { pool in
+            let echo = fixture("echo") {
+                $0.maxWorkers = 1
+                $0.queueTimeoutMs = 200
+            }
+            async let slow = pool.invoke(echo, request: request("slow", payload: ["sleep_ms": 3000]))
+            #expect(await eventually { await pool.status().first?.busy == 1 })
+            let refused = await failureCode { try await pool.invoke(echo, request: request("late")) }
+            #expect(refused == .queueFull)
+            let slowAnswer = try await slow
+            #expect(slowAnswer["id"] == "slow")
+        }
+    }
+
+    @Test func aCrashIsReportedAndTheNextRequestGetsANewWorker() async throws {
+        try await withPool { pool in
+            let echo = fixture("echo")
+            let first = try await pool.invoke(echo, request: request("a"))
+            do {
+                _ = try await pool.invoke(echo, request: request("b", payload: ["exit": 3]))
+                Issue.record("a crash must not answer")
+            } catch let error as WorkerError {
+                #expect(error.code == .crashed)
+                #expect(error.detail.contains("exited with status 3"))
+                #expect(error.description == "worker error (crashed)")
+            }
+            let next = try await pool.invoke(echo, request: request("c"))
+            #expect(next["reply"]?["pid"] != first["reply"]?["pid"])
+        }
+    }
+
+    @Test func garbageIsAnInvalidResponseAndTheWorkerIsReplaced() async throws {
+        await withPool { pool in
+            let garbage = fixture("garbage")
+            let code = await failureCode { try await pool.invoke(garbage, request: request("g1")) }
+            #expect(code == .invalidResponse)
+            #expect(await eventually { await pool.status().allSatisfy { $0.pids.isEmpty && $0.busy == 0 } })
+            let again = await failureCode { try await pool.invoke(garbage, request: request("g2")) }
+            #expect(again == .invalidResponse)
+        }
+    }
+
+    @Test func aWrongIdIsAProtocolViolation() async throws {
+        await withPool { pool in
+            let code = await failureCode { try await pool.invoke(fixture("wrongid"), request: request("w1")) }
+            #expect(code == .protocolViolation)
+        }
+    }
+
+    @Test func anAnswerOverEightMebibytesIsRefused() async throws {
+        try await withPool { pool in
+            let echo = fixture("echo")
+            let fine = try await pool.invoke(echo, request: request("ok", payload: ["bytes": 1_000_000]))
+            #expect(fine["reply"]?["filler"]?.stringValue?.count == 1_000_000)
+            let code = await failureCode {
+                try await pool.invoke(echo, request: request("big", payload: ["bytes": 9_000_000]))
+            }
+            #expect(code == .invalidResponse)
+        }
+    }
+
+    @Test func aRequestWithoutIdIsRefused() async throws {
+        await withPool { pool in
+            let code = await failureCode { try await pool.invoke(fixture("echo"), request: ["command": "x"]) }
+            #expect(code == .protocolViolation)
+        }
+    }
+
+    @Test func aMissingExecutableFailsToSpawn() async throws {
+        await withPool { pool in
+            var ghost = fixture("echo")
+            ghost.executable = Paths.fixtures + "/does-not-exist"
+            let code = await failureCode { try await pool.invoke(ghost, request: request("x")) }
+            #expect(code == .spawnFailed)
+        }
+    }
+
+    @Test func aTimeoutKillsTheWholeProcessGroup() async throws {
+        try await withPool { pool in
+            let sleeper = fixture("sleeper")
+            #expect(sleeper.manifest.timeoutMs == 1000)
+            async let answer = failureCode { try await pool.invoke(sleeper, request: request("s")) }
+            #expect(await eventually { await pool.status().first?.pids.count == 1 })
+            let group = try #require(await pool.status().first?.pids.first)
+            let started = Date()
+            #expect(await answer == .timedOut)
+            #expect(Date().timeIntervalSince(started) < 8)
+            #expect(await eventually { !groupExists(group) })
+        }
+    }
+
+    @Test func aTimeoutKillsGrandchildrenToo() async throws {
+        let recorder = LogRecorder()
+        try await withPool(recorder) { pool in
+            let code = await failureCode { try await pool.invoke(fixture("grandchild"), request: request("g")) }
+            #expect(code == .timedOut)
+            let line = try #require(recorder.messages(containing: "grandchild").first)
+            let words = line.message.split(separator: " ")
+            let leader = try #require(Int32(words[1]))
+            let grandchild = try #require(Int32(words[3]))
+            #expect(line.metadata["pid"] == "\(leader)")
+            #expect(line.metadata["function"] == "grandchild")
+            #expect(await eventually { !groupExists(leader) })
+            #expect(await eventually { kill(grandchild, 0) != 0 && errno == ESRCH })
+        }
+    }
+
+    @Test func aStderrFloodNeitherBlocksNorReachesTheAnswer() async throws {
+        let recorder = LogRecorder()
+        try await withPool(recorder) { pool in
+            let chatty = fixture("chatty")
+            for index in 0..<2 {
+                let answer = try await pool.invoke(chatty, request: request("c\(index)"))
+                #expect(answer == ["id": .string("c\(index)"), "reply": "done"])
+            }
+            #expect(await eventually { recorder.messages(containing: "chatty log line 039999").count == 2 })
+            let truncated = recorder.messages(containing: "…[truncated]")
+            #expect(truncated.count == 2)
+            #expect(truncated.allSatisfy { $0.message.utf8.count <= WorkerProcess.stderrLineLimit + 20 })
+            #expect(truncated.first?.metadata["function"] == "chatty")
+        }
+    }
+
+    @Test func workersSeeOnlyTheirManifestEnvironment() async throws {
+        setenv("DATABASE_URL", "postgres://secret@db/statefn", 1)
+        setenv("STATEFN_JWT_SECRET", "do-not-leak", 1)
+        try await withPool { pool in
+            let function = fixture("env")
+            let answer = try await pool.invoke(function, request: request("e"))
+            let env = try #require(answer["reply"]?.objectValue)
+            #expect(env["DATABASE_URL"] == nil)
+            #expect(!env.keys.contains { $0.hasPrefix("STATEFN_") })
+            #expect(env["GREETING"] == "hello")
+            #expect(env["LANG"] == "en_US.UTF-8")
+            #expect(env["PATH"] == .string(Spawner.defaultPath))
+            #expect(env["HOME"] == .string(function.workingDirectory))
+            #expect(Set(env.keys).isSubset(of: ["GREETING", "LANG", "PATH", "HOME", "LC_CTYPE", "PWD"]))
+        }
+    }
+
+    @Test func maxRequestsRecyclesTheWorker() async throws {
+        try await withPool { pool in
+            let echo = fixture("echo") { $0.maxRequests = 2 }
+            var pids: [JSONValue?] = []
+            for index in 0..<4 {
+                pids.append(try await pool.invoke(echo, request: request("m\(index)"))["reply"]?["pid"])
+            }
+            #expect(pids[0] == pids[1])
+            #expect(pids[2] == pids[3])
+            #expect(pids[1] != pids[2])
+        }
+    }
+
+    @Test func aWorkerThatExitsAfterAnsweringIsReplaced() async throws {
+        try await withPool { pool in
+            let oneshot = fixture("oneshot")
+            let first = try await pool.invoke(oneshot, request: request("o1"))
+            #expect(await eventually { await pool.status().allSatisfy { $0.pids.isEmpty && $0.idle == 0 } })
+            let second = try await pool.invoke(oneshot, request: request("o2"))
+            #expect(first["reply"]?["pid"] != second["reply"]?["pid"])
+        }
+    }
+
+    @Test func forkModeRunsOneProcessPerRequest() async throws {
+        try await withPool { pool in
+            let forkecho = fixture("forkecho")
+            #expect(forkecho.manifest.mode == .fork)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<20 {
+                    group.addTask {
+                        let sent = request("f\(index)", payload: ["n": .integer(Int64(index)), "text": "a \"quoted\" line"])
+                        let answer = try await pool.invoke(forkecho, request: sent)
+                        #expect(answer["reply"] == sent)
+                        #expect(answer["id"] == .string("f\(index)"))
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(await eventually { await pool.status().allSatisfy { $0.pids.isEmpty } })
+        }
+    }
+
+    @Test func forkModeCrashReportsTheExitStatus() async throws {
+        try await withPool { pool in
+            let crash = fixture("crash") { $0.mode = .fork }
+            do {
+                _ = try await pool.invoke(crash, request: request("x"))
+                Issue.record("a crash must not answer")
+            } catch let error as WorkerError {
+                #expect(error.code == .crashed)
+                #expect(error.detail.contains("exited with status 3"))
+            }
+        }
+    }
+
+    @Test func forkModeTimeoutKillsTheGroup() async throws {
+        await withPool { pool in
+            let sleeper = fixture("sleeper") { $0.mode = .fork }
+            let code = await failureCode { try await pool.invoke(sleeper, request: request("s")) }
+            #expect(code == .timedOut)
+            #expect(await eventually { await pool.status().allSatisfy { $0.pids.isEmpty } })
+        }
+    }
+
+    @Test func shutdownStopsWorkersAndRefusesNewRequests() async throws {
+        let pool = WorkerPool(logger: LogRecorder().logger)
+        let echo = fixture("echo")
+        let answer = try await pool.invoke(echo, request: request("a"))
+        let pid = Int32(try #require(answer["reply"]?["pid"]?.integerValue))
+        async let stuck = failureCode { try await pool.invoke(fixture("sleeper") { $0.timeoutMs = 60_000 }, request: request("s")) }
+        #expect(await eventually { await pool.status().first { $0.function == "sleeper" }?.pids.count == 1 })
+        await pool.shutdown()
+        #expect(await eventually { !groupExists(pid) })
+        #expect(await stuck == .shuttingDown)
+        let code = await failureCode { try await pool.invoke(echo, request: request("b")) }
+        #expect(code == .shuttingDown)
+        await pool.shutdown()
+    }
+
+    @Test func noZombiesAreLeftBehind() async throws {
+        try await withPool { pool in
+            for index in 0..<10 {
+                _ = await failureCode { try await pool.invoke(fixture("crash"), request: request("z\(index)")) }
+                _ = try await pool.invoke(fixture("forkecho"), request: request("f\(index)"))
+            }
+        }
+        #expect(await eventually { zombieChildren().isEmpty }, "zombies: \(zombieChildren())")
+    }
+}
