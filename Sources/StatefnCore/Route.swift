@@ -1,5 +1,6 @@
 // The v1 URL grammar (DESIGN.md section 2): turns a method and a raw, percent-encoded path into a route, or into
 // the status a client should get. Pure: no I/O, so it is tested directly.
+import StatefnWorkers
 
 /// What a request asks for, with names already validated.
 public enum Route: Equatable, Sendable {
@@ -83,13 +84,8 @@ extension Route {
         guard name != "functions" else { throw RouteError(404, "'functions' is a reserved name") }
     }
 
-    public static func isFunctionName(_ name: String) -> Bool {
-        let bytes = Array(name.utf8)
-        guard (1...63).contains(bytes.count), (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(bytes[0]) else {
-            return false
-        }
-        return bytes.allSatisfy { isLowerAlnum($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
-    }
+    /// The same rule the function catalog applies to file names.
+    public static func isFunctionName(_ name: String) -> Bool { FunctionCatalog.isFunctionName(name) }
 
     /// `[A-Za-z][A-Za-z0-9_.-]{0,62}`; `events` is reserved for the event-log route.
     public static func validateCommand(_ name: String) throws(RouteError) {
@@ -135,9 +131,6 @@ extension Route {
         case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
         default: nil
         }
-    }
-    private static func isLowerAlnum(_ b: UInt8) -> Bool {
-        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || isDigit(b)
     }
     private static func isAlpha(_ b: UInt8) -> Bool {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(b)
