@@ -4,9 +4,9 @@
 /// connection's `con_cls` through `Unmanaged`.
 ///
 /// `@unchecked Sendable`: libmicrohttpd calls the access handler for one connection from one thread at a time, and
-/// only that thread touches the fields, except `response`. The handler's Task writes `response` under
-/// `ServerCore.state`'s lock and then resumes the connection; libmicrohttpd's resume mutex orders that write before
-/// the access handler's next call, which reads it.
+/// only that thread touches the fields, except `response`. That one is written by whoever takes the context out of
+/// `ServerCore.state.suspended` under its lock (the handler's Task, or `stop`), just before resuming the
+/// connection; libmicrohttpd's resume mutex orders the write before the access handler's next call, which reads it.
 final class RequestContext: @unchecked Sendable {
     enum Phase {
         /// Reading the body.

@@ -22,7 +22,8 @@ extension ServerCore {
             context.phase = .answered
             return queue(bodyTooLarge(context), for: context)
         }
-        context.body.reserveCapacity(declared)
+        // Capped, so that clients declaring large bodies and sending them slowly cannot pin memory up front.
+        context.body.reserveCapacity(min(declared, 64 << 10))
         return .YES
     }
 
@@ -70,19 +71,19 @@ extension ServerCore {
             query: collectValues(of: context.connection, kind: .GET_ARGUMENT_KIND, iterator: collectQueryArgument),
             headers: HTTPHeaders(lowercased: context.headers), body: context.body, requestID: context.requestID)
         context.body = []
-        let suspended = state.withLock { state in
-            guard case .running = state.lifecycle else { return false }
-            context.phase = .handling
-            MHD_suspend_connection(context.connection)
-            state.suspended[ObjectIdentifier(context)] = context
-            return true
-        }
-        guard suspended else {
+        // Suspending (epoll_ctl) happens outside the lock; `changingSuspension` lets `stop` wait for it instead.
+        changingSuspension.add(1, ordering: .sequentiallyConsistent)
+        guard !stopping.load(ordering: .sequentiallyConsistent) else {
+            changingSuspension.subtract(1, ordering: .sequentiallyConsistent)
             context.phase = .answered
             return queue(
                 .problem(status: 503, detail: "The server is shutting down.", requestID: context.requestID),
                 for: context)
         }
+        context.phase = .handling
+        MHD_suspend_connection(context.connection)
+        state.withLock { $0.suspended[ObjectIdentifier(context)] = context }
+        changingSuspension.subtract(1, ordering: .sequentiallyConsistent)
         let handler = self.handler
         Task {
             let response = await handler(request)
@@ -91,13 +92,16 @@ extension ServerCore {
         return .YES
     }
 
-    /// Hands the handler's response to the connection and resumes it, unless `stop` already answered it.
+    /// Hands the handler's response to the connection and resumes it, unless `stop` answers it instead.
     private func complete(_ context: RequestContext, with response: HTTPResponse) {
-        state.withLock { state in
-            guard state.suspended.removeValue(forKey: ObjectIdentifier(context)) != nil else { return }
-            context.response = response
-            MHD_resume_connection(context.connection)
-        }
+        changingSuspension.add(1, ordering: .sequentiallyConsistent)
+        defer { changingSuspension.subtract(1, ordering: .sequentiallyConsistent) }
+        guard !stopping.load(ordering: .sequentiallyConsistent),
+            state.withLock({ $0.suspended.removeValue(forKey: ObjectIdentifier(context)) }) != nil
+        else { return }
+        context.response = response
+        // Outside the lock: resuming writes to libmicrohttpd's wake-up descriptor.
+        MHD_resume_connection(context.connection)
     }
 
     /// The completion callback: the request is over, answered or not (the client may have gone mid-body).
@@ -126,7 +130,9 @@ extension ServerCore {
         guard let created else { return .NO }
         defer { MHD_destroy_response(created) }
         for header in response.headers where MHD_add_response_header(created, header.name, header.value) != .YES {
-            logger.error("dropped an invalid response header", metadata: ["header": "\(header.name)"])
+            logger.error(
+                "libmicrohttpd refused a response header (empty value, line break, or Content-Length)",
+                metadata: ["header": "\(header.name)"])
         }
         MHD_add_response_header(created, "X-Request-Id", context.requestID)
         if quiescing.load(ordering: .relaxed) { MHD_add_response_header(created, "Connection", "close") }

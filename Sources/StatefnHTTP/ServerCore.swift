@@ -12,7 +12,8 @@ final class ServerCore: Sendable {
     struct Daemon: @unchecked Sendable {
         let pointer: OpaquePointer
         let listenSocket: ListenSocket
-        /// After MHD_quiesce_daemon the socket is ours to close, but only once the daemon has stopped.
+        /// After MHD_quiesce_daemon the socket is ours to close, but only once the daemon has stopped; before it,
+        /// MHD_stop_daemon closes it.
         var quiesced = false
     }
 
@@ -37,6 +38,11 @@ final class ServerCore: Sendable {
     let activeRequests = Atomic<Int>(0)
     /// Set by `quiesce`, so that keep-alive clients are told to go elsewhere.
     let quiescing = Atomic<Bool>(false)
+    /// Set once the daemon is about to stop: no connection may be suspended or resumed by a request after it.
+    let stopping = Atomic<Bool>(false)
+    /// Threads between checking `stopping` and finishing a suspend or resume. `stop` sets `stopping`, then waits
+    /// for this to reach 0, so it never stops the daemon under a connection that is being suspended or resumed.
+    let changingSuspension = Atomic<Int>(0)
 
     init(configuration: HTTPServerConfiguration, logger: Logger, handler: @escaping HTTPHandler) {
         self.configuration = configuration
@@ -80,7 +86,8 @@ final class ServerCore: Sendable {
             guard case .running(var daemon) = state.lifecycle, !daemon.quiesced else { return }
             let descriptor = MHD_quiesce_daemon(daemon.pointer)
             // Refuse new connections at once instead of leaving them in the backlog until the daemon stops.
-            if descriptor >= 0 { shutdown(descriptor, Int32(SHUT_RDWR)) }
+            guard descriptor >= 0 else { return }
+            shutdown(descriptor, Int32(SHUT_RDWR))
             daemon.quiesced = true
             state.lifecycle = .running(daemon)
         }
@@ -94,45 +101,51 @@ final class ServerCore: Sendable {
         while activeRequests.load(ordering: .relaxed) > 0, clock.now < deadline {
             try? await Task.sleep(for: .milliseconds(5))
         }
-        guard let daemon = detachDaemon() else { return }
         // MHD_stop_daemon joins the daemon's threads, so it runs off Swift's cooperative pool.
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             DispatchQueue.global().async {
-                self.destroy(daemon)
+                self.stopNow()
                 continuation.resume()
             }
         }
     }
 
-    /// Stops at once, for `HTTPServer`'s deinit.
+    /// Stops at once (also for `HTTPServer`'s deinit). Blocks while the daemon's threads finish.
     func stopNow() {
         quiesce()
-        if let daemon = detachDaemon() { destroy(daemon) }
+        guard let (daemon, answered) = detachDaemon() else { return }
+        // Give the threads a moment to write the 503s before the daemon closes every connection.
+        var waited = 0
+        while answered > 0, activeRequests.load(ordering: .relaxed) > 0, waited < 1000 {
+            usleep(1000)
+            waited += 1
+        }
+        destroy(daemon)
     }
 
     /// Marks the server stopped and answers 503 to every connection still waiting on its handler, resuming it, so
-    /// that the daemon can be stopped.
-    private func detachDaemon() -> Daemon? {
-        state.withLock { state in
-            guard case .running(let daemon) = state.lifecycle else {
-                state.lifecycle = .stopped
-                return nil
-            }
+    /// that the daemon can be stopped. Returns the daemon and how many connections got a 503.
+    private func detachDaemon() -> (Daemon, Int)? {
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        // Only a few instructions and one syscall away from done: wait for them without sleeping.
+        while changingSuspension.load(ordering: .sequentiallyConsistent) > 0 { sched_yield() }
+        let (daemon, waiting) = state.withLock { state in
+            let daemon: Daemon? = if case .running(let daemon) = state.lifecycle { daemon } else { nil }
             state.lifecycle = .stopped
-            for context in state.suspended.values {
-                context.response = .problem(
-                    status: 503, detail: "The server is shutting down.", requestID: context.requestID)
-                MHD_resume_connection(context.connection)
-            }
-            state.suspended = [:]
-            return daemon
+            defer { state.suspended = [:] }
+            return (daemon, Array(state.suspended.values))
         }
+        for context in waiting {
+            context.response = .problem(status: 503, detail: "The server is shutting down.", requestID: context.requestID)
+            MHD_resume_connection(context.connection)
+        }
+        return daemon.map { ($0, waiting.count) }
     }
 
     private func destroy(_ daemon: Daemon) {
         MHD_stop_daemon(daemon.pointer)
         if daemon.quiesced { close(daemon.listenSocket.descriptor) }
-        Unmanaged.passUnretained(self).release()
         logger.info("stopped", metadata: ["port": "\(daemon.listenSocket.port)"])
+        Unmanaged.passUnretained(self).release()
     }
 }
