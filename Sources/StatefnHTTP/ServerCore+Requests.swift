@@ -1,0 +1,181 @@
+// One request's way through the front door: headers, body within the limit, suspend while the handler runs,
+// resume, and queue the response. libmicrohttpd drives it by calling the access handler again and again.
+import CMicroHTTPD
+import Glibc
+
+extension ServerCore {
+    /// The first call for a request: headers are in, no body has been read.
+    func begin(connection: OpaquePointer, method: UnsafePointer<CChar>, path: UnsafePointer<CChar>) -> RequestContext {
+        activeRequests.add(1, ordering: .relaxed)
+        let headers = collectValues(of: connection, kind: .HEADER_KIND, iterator: collectHeader)
+        return RequestContext(
+            connection: connection, method: String(cString: method), path: String(cString: path), headers: headers,
+            requestID: RequestID.accept(headers.first(where: { $0.name == "x-request-id" })?.value))
+    }
+
+    /// Refuses a body whose declared length is over the limit before reading any of it; libmicrohttpd then closes
+    /// the connection after the response, since the body was not read.
+    func checkDeclaredLength(of context: RequestContext) -> MHD_Result {
+        guard let declared = context.headers.first(where: { $0.name == "content-length" }).flatMap({ Int($0.value) })
+        else { return .YES }
+        if declared > configuration.maxBodyBytes {
+            context.phase = .answered
+            return queue(bodyTooLarge(context), for: context)
+        }
+        // Capped, so that clients declaring large bodies and sending them slowly cannot pin memory up front.
+        context.body.reserveCapacity(min(declared, 64 << 10))
+        return .YES
+    }
+
+    /// Every later call: a piece of body (`size > 0`), the end of the body, or the resume after the handler.
+    func proceed(_ context: RequestContext, data: UnsafePointer<CChar>?, size: UnsafeMutablePointer<Int>) -> MHD_Result {
+        if size.pointee > 0 {
+            defer { size.pointee = 0 }
+            context.received += size.pointee
+            switch context.phase {
+            case .receiving where context.received <= configuration.maxBodyBytes:
+                context.body.append(contentsOf: UnsafeRawBufferPointer(start: data, count: size.pointee))
+            case .receiving:
+                // libmicrohttpd 0.9.75 cannot queue a response mid-body, so the rest is read and dropped, and
+                // 413 goes out at the end.
+                context.phase = .overLimit
+                context.body = []
+            case .overLimit where context.received > 2 * configuration.maxBodyBytes:
+                // A body that keeps coming is cut off rather than read forever.
+                return .NO
+            default:
+                break
+            }
+            return .YES
+        }
+        switch context.phase {
+        case .receiving:
+            return dispatch(context)
+        case .overLimit:
+            context.phase = .answered
+            return queue(bodyTooLarge(context), for: context)
+        case .handling:
+            context.phase = .answered
+            let response = context.response ?? .problem(status: 500, detail: "No response.", requestID: context.requestID)
+            context.response = nil
+            return queue(response, for: context)
+        case .answered:
+            return .YES
+        }
+    }
+
+    /// Suspends the connection and runs the handler in a Task, which resumes it with the response.
+    private func dispatch(_ context: RequestContext) -> MHD_Result {
+        let request = HTTPRequest(
+            method: context.method, path: context.path,
+            query: collectValues(of: context.connection, kind: .GET_ARGUMENT_KIND, iterator: collectQueryArgument),
+            headers: HTTPHeaders(lowercased: context.headers), body: context.body, requestID: context.requestID)
+        context.body = []
+        // Suspending (epoll_ctl) happens outside the lock; `changingSuspension` lets `stop` wait for it instead.
+        changingSuspension.add(1, ordering: .sequentiallyConsistent)
+        guard !stopping.load(ordering: .sequentiallyConsistent) else {
+            changingSuspension.subtract(1, ordering: .sequentiallyConsistent)
+            context.phase = .answered
+            return queue(
+                .problem(status: 503, detail: "The server is shutting down.", requestID: context.requestID),
+                for: context)
+        }
+        context.phase = .handling
+        MHD_suspend_connection(context.connection)
+        state.withLock { $0.suspended[ObjectIdentifier(context)] = context }
+        changingSuspension.subtract(1, ordering: .sequentiallyConsistent)
+        let handler = self.handler
+        Task {
+            let response = await handler(request)
+            self.complete(context, with: response)
+        }
+        return .YES
+    }
+
+    /// Hands the handler's response to the connection and resumes it, unless `stop` answers it instead.
+    private func complete(_ context: RequestContext, with response: HTTPResponse) {
+        changingSuspension.add(1, ordering: .sequentiallyConsistent)
+        defer { changingSuspension.subtract(1, ordering: .sequentiallyConsistent) }
+        guard !stopping.load(ordering: .sequentiallyConsistent),
+            state.withLock({ $0.suspended.removeValue(forKey: ObjectIdentifier(context)) }) != nil
+        else { return }
+        context.response = response
+        // Outside the lock: resuming writes to libmicrohttpd's wake-up descriptor.
+        MHD_resume_connection(context.connection)
+    }
+
+    /// The completion callback: the request is over, answered or not (the client may have gone mid-body).
+    func finish() {
+        activeRequests.subtract(1, ordering: .relaxed)
+    }
+
+    private func bodyTooLarge(_ context: RequestContext) -> HTTPResponse {
+        .problem(
+            status: 413, detail: "The request body is larger than the limit of \(configuration.maxBodyBytes) bytes.",
+            requestID: context.requestID)
+    }
+
+    /// Queues `response` with `X-Request-Id` (and `Connection: close` while quiescing). Wraps
+    /// MHD_create_response_from_buffer, MHD_add_response_header and MHD_queue_response.
+    private func queue(_ response: HTTPResponse, for context: RequestContext) -> MHD_Result {
+        var response = response
+        if !(100...599).contains(response.status) {
+            logger.error("handler returned an invalid status", metadata: ["status": "\(response.status)"])
+            response = .problem(status: 500, detail: "Invalid response.", requestID: context.requestID)
+        }
+        let created = response.body.withUnsafeBytes { body in
+            MHD_create_response_from_buffer(
+                body.count, UnsafeMutableRawPointer(mutating: body.baseAddress), .RESPMEM_MUST_COPY)
+        }
+        guard let created else { return .NO }
+        defer { MHD_destroy_response(created) }
+        for header in response.headers where MHD_add_response_header(created, header.name, header.value) != .YES {
+            logger.error(
+                "libmicrohttpd refused a response header (empty value, line break, or Content-Length)",
+                metadata: ["header": "\(header.name)"])
+        }
+        MHD_add_response_header(created, "X-Request-Id", context.requestID)
+        if quiescing.load(ordering: .relaxed) { MHD_add_response_header(created, "Connection", "close") }
+        return MHD_queue_response(context.connection, UInt32(response.status), created)
+    }
+}
+
+/// Reads one kind of connection value into an array, without a retained box: the iterator writes through `cls`.
+/// Wraps MHD_get_connection_values.
+private func collectValues(
+    of connection: OpaquePointer, kind: MHD_ValueKind, iterator: MHD_KeyValueIterator
+) -> [(name: String, value: String)] {
+    var values: [(name: String, value: String)] = []
+    withUnsafeMutablePointer(to: &values) { _ = MHD_get_connection_values(connection, kind, iterator, $0) }
+    return values
+}
+
+private func collectHeader(
+    cls: UnsafeMutableRawPointer?, kind: MHD_ValueKind, key: UnsafePointer<CChar>?, value: UnsafePointer<CChar>?
+) -> MHD_Result {
+    guard let cls, let key else { return .YES }
+    cls.assumingMemoryBound(to: [(name: String, value: String)].self).pointee.append(
+        (name: lowercasedASCII(key), value: value.map { String(cString: $0) } ?? ""))
+    return .YES
+}
+
+private func collectQueryArgument(
+    cls: UnsafeMutableRawPointer?, kind: MHD_ValueKind, key: UnsafePointer<CChar>?, value: UnsafePointer<CChar>?
+) -> MHD_Result {
+    guard let cls, let key else { return .YES }
+    cls.assumingMemoryBound(to: [(name: String, value: String)].self).pointee.append(
+        (name: percentDecoded(key), value: value.map(percentDecoded) ?? ""))
+    return .YES
+}
+
+/// A header name lower-cased in the same pass that copies it out of libmicrohttpd's buffer.
+private func lowercasedASCII(_ text: UnsafePointer<CChar>) -> String {
+    let length = strlen(text)
+    return String(unsafeUninitializedCapacity: length) { buffer in
+        for index in 0..<length {
+            let byte = UInt8(bitPattern: text[index])
+            buffer[index] = (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte | 0x20 : byte
+        }
+        return length
+    }
+}
