@@ -47,4 +47,23 @@ import StatefnPostgres
         defer { pool.close() }
         #expect(try await pool.execute("SELECT current_user").rows == [["statefn"]])
     }
+
+    @Test func aClusterTheServerAccountCannotReachIsExplained() async throws {
+        let root = TestCluster.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let hidden = root + "/private"
+        try FileManager.default.createDirectory(atPath: hidden, withIntermediateDirectories: false)
+        chmod(hidden, 0o700)
+        let cluster = EmbeddedPostgres(directory: hidden + "/pg", logger: TestCluster.logger)
+        defer { cluster.stop() }
+        let outcome = await expectPostgresError { _ = try await onDedicatedThread { try cluster.start() } }
+        if getuid() == 0 {
+            // As root the server runs as another account, which cannot pass through a 0700 directory of root's.
+            #expect(outcome?.code == .invalidConfiguration)
+            #expect(outcome?.detail.contains("\(hidden) is not searchable") == true)
+        } else {
+            // Our own directory: the server runs as us and gets in.
+            #expect(outcome == nil)
+        }
+    }
 }
