@@ -68,7 +68,8 @@ public final class EmbeddedPostgres: Sendable {
             let binaries = try? ServerBinaries.find()
         else { return }
         let account = getuid() == 0 ? owner(of: directory) : nil
-        let command = ServerCommand([binaries.pgCtl, "-D", directory, "-m", "fast", "-w", "-t", "60", "stop"], as: account)
+        let command = ServerCommand(
+            [binaries.pgCtl, "-D", directory, "-m", "fast", "-w", "-t", "60", "stop"], as: account)
         do {
             let outcome = try command.run()
             if outcome.succeeded {
@@ -91,9 +92,10 @@ public final class EmbeddedPostgres: Sendable {
         guard getuid() == 0 else { return nil }
         if let existing = owner(of: directory), existing.uid != 0 { return existing }
         if let account = ServerAccount.named("postgres") ?? ServerAccount.named("statefn") { return account }
-        try ServerCommand([ServerCommand.systemTool("useradd"), "--system", "--no-create-home", "statefn"], as: nil).check()
+        let useradd = ServerCommand.systemTool("useradd")
+        try ServerCommand([useradd, "--system", "--no-create-home", "statefn"], as: nil).check()
         guard let created = ServerAccount.named("statefn") else {
-            throw PostgresError(code: .invalidConfiguration, detail: "useradd did not create the statefn account")
+            throw Self.setupFailure("useradd did not create the statefn account")
         }
         logger.notice("created the system account statefn to run PostgreSQL")
         return created
@@ -136,8 +138,8 @@ public final class EmbeddedPostgres: Sendable {
         if stat(directory, &info) == 0, info.st_mode & 0o027 != 0 { chmod(directory, 0o700) }
     }
 
-    /// The first directory above the cluster that `account` may not pass through. getuid-independent: it reads
-    /// the permission bits (ignoring supplementary groups).
+    /// The first directory above the cluster that `account` may not pass through. We are root, so access() would
+    /// answer for us, not for it: read the permission bits instead (supplementary groups are not considered).
     private func firstUnsearchableAncestor(for account: ServerAccount) -> String? {
         var path = ""
         for component in directory.split(separator: "/").dropLast() {

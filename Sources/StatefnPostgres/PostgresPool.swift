@@ -95,7 +95,8 @@ public final class PostgresPool: Sendable {
         let now = DispatchTime.now().uptimeNanoseconds
         let action = state.withLock { $0.sweep(now: now) }
         if !action.expired.isEmpty {
-            logger.warning("no database connection became free in time", metadata: ["waiters": "\(action.expired.count)"])
+            logger.warning(
+                "no database connection became free in time", metadata: ["waiters": "\(action.expired.count)"])
             let error = PostgresError(code: .poolTimeout, detail: "no connection became free within \(waitTimeout)")
             for request in action.expired { request(.failure(error)) }
         }

@@ -76,7 +76,8 @@ import StatefnPostgres
 
     @Test func aCallerWaitingTooLongGetsPoolTimeout() async throws {
         let pool = PostgresPool(
-            config: try await TestCluster.config(), size: 1, logger: TestCluster.logger, waitTimeout: .milliseconds(300))
+            config: try await TestCluster.config(), size: 1, logger: TestCluster.logger,
+            waitTimeout: .milliseconds(300))
         defer { pool.close() }
         let release = DispatchSemaphore(value: 0)
         let (started, startedContinuation) = AsyncStream<Void>.makeStream()
