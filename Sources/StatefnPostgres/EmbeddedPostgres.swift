@@ -1,0 +1,294 @@
+// A private PostgreSQL cluster run from the installed server binaries: `statefn serve` uses it when there is no
+// DATABASE_URL, and the tests start throwaway ones. It listens on a Unix socket only; as root it runs the server
+// as an unprivileged account, because PostgreSQL refuses to run as root.
+import CLibPQ
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A private PostgreSQL cluster started from the installed server binaries (initdb, pg_ctl), listening only on a
+/// Unix socket. Used by `statefn serve` without DATABASE_URL, and by the tests. As root it runs the server as an
+/// unprivileged user, because PostgreSQL refuses to run as root.
+public final class EmbeddedPostgres: Sendable {
+    private let directory: String
+    private let logger: Logger
+    private static let port = 5432
+    /// sockaddr_un's path holds 108 bytes with the terminating NUL.
+    private static let maxSocketPathBytes = 107
+
+    /// `directory` holds the cluster (created on first start, kept across restarts).
+    public init(directory: String, logger: Logger) {
+        self.directory = URL(fileURLWithPath: directory).standardizedFileURL.path
+        var logger = logger
+        logger[metadataKey: "pg_directory"] = "\(self.directory)"
+        self.logger = logger
+    }
+
+    /// Where the server writes its log: beside the cluster, so it survives a re-initialised cluster.
+    public var logFile: String { parentDirectory + "/postgres.log" }
+
+    /// Starts the cluster (initdb first if needed) and waits until it accepts connections.
+    /// Returns a libpq connection string for it.
+    public func start() throws(PostgresError) -> String {
+        let binaries = try ServerBinaries.find()
+        let account = try serverAccount()
+        try prepareClusterDirectory(for: account)
+        if !FileManager.default.fileExists(atPath: directory + "/PG_VERSION") {
+            try initialize(with: binaries, as: account)
+        }
+        let socketDirectory = try prepareSocketDirectory(for: account)
+        try writeSettings(socketDirectory: socketDirectory, account: account)
+        let conninfo = "host=\(Self.conninfoQuoted(socketDirectory)) port=\(Self.port) user=statefn dbname=postgres"
+
+        let pgCtl = [binaries.pgCtl, "-D", directory, "-l", logFile, "-w", "-t", "60"]
+        if try ServerCommand([binaries.pgCtl, "-D", directory, "status"], as: account).run().succeeded {
+            // Left running by an earlier statefn: reuse it if it listens where we expect, else restart it.
+            if PQping(conninfo) == PQPING_OK {
+                logger.notice("reusing the PostgreSQL server already running on this cluster")
+                return conninfo
+            }
+            try withServerLog { () throws(PostgresError) in
+                try ServerCommand(pgCtl + ["-m", "fast", "restart"], as: account).check(.connectionFailed)
+            }
+        } else {
+            try withServerLog { () throws(PostgresError) in
+                try ServerCommand(pgCtl + ["start"], as: account).check(.connectionFailed)
+            }
+        }
+        logger.notice("started embedded PostgreSQL", metadata: ["socket": "\(socketDirectory)", "log": "\(logFile)"])
+        return conninfo
+    }
+
+    /// Stops the cluster (fast shutdown) and waits for it to exit.
+    public func stop() {
+        guard FileManager.default.fileExists(atPath: directory + "/PG_VERSION"),
+            let binaries = try? ServerBinaries.find()
+        else { return }
+        let account = getuid() == 0 ? owner(of: directory) : nil
+        let command = ServerCommand(
+            [binaries.pgCtl, "-D", directory, "-m", "fast", "-w", "-t", "60", "stop"], as: account)
+        do {
+            let outcome = try command.run()
+            if outcome.succeeded {
+                logger.notice("stopped embedded PostgreSQL")
+                // Leave nothing in /tmp; a socket directory inside the cluster stays with it.
+                if !socketDirectory.hasPrefix(directory + "/") { rmdir(socketDirectory) }
+            } else {
+                logger.warning("pg_ctl stop failed", metadata: ["output": "\(outcome.output)"])
+            }
+        } catch {
+            logger.warning("pg_ctl stop failed", metadata: ["error": "\(error.logDescription)"])
+        }
+    }
+
+    private var parentDirectory: String { (directory as NSString).deletingLastPathComponent }
+
+    /// Who runs the server: ourselves, or as root an unprivileged account (the cluster's owner, else `postgres`,
+    /// else a `statefn` system account made for it).
+    private func serverAccount() throws(PostgresError) -> ServerAccount? {
+        guard getuid() == 0 else { return nil }
+        if let existing = owner(of: directory), existing.uid != 0 { return existing }
+        if let account = ServerAccount.named("postgres") ?? ServerAccount.named("statefn") { return account }
+        let useradd = ServerCommand.systemTool("useradd")
+        try ServerCommand([useradd, "--system", "--no-create-home", "statefn"], as: nil).check()
+        guard let created = ServerAccount.named("statefn") else {
+            throw Self.setupFailure("useradd did not create the statefn account")
+        }
+        logger.notice("created the system account statefn to run PostgreSQL")
+        return created
+    }
+
+    private func owner(of path: String) -> ServerAccount? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return ServerAccount.withID(info.st_uid)
+    }
+
+    private func prepareClusterDirectory(for account: ServerAccount?) throws(PostgresError) {
+        do {
+            try FileManager.default.createDirectory(atPath: parentDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw Self.setupFailure("cannot create \(parentDirectory): \(error)")
+        }
+        guard mkdir(directory, 0o700) == 0 || errno == EEXIST else {
+            throw Self.setupFailure("cannot create \(directory): \(Self.errnoText())")
+        }
+        if let account {
+            if let blocked = firstUnsearchableAncestor(for: account) {
+                throw Self.setupFailure(
+                    "PostgreSQL runs as the user \(account.name), who cannot reach \(directory) because \(blocked) "
+                        + "is not searchable by it: allow it (chmod o+x \(blocked)) or put the cluster elsewhere")
+            }
+            guard chown(directory, account.uid, account.gid) == 0 else {
+                throw Self.setupFailure("cannot give \(directory) to \(account.name): \(Self.errnoText())")
+            }
+            // pg_ctl opens the log as the server's account, which may not write to our directory.
+            let log = open(logFile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+            guard log >= 0, fchown(log, account.uid, account.gid) == 0 else {
+                if log >= 0 { close(log) }
+                throw Self.setupFailure("cannot prepare the log file \(logFile): \(Self.errnoText())")
+            }
+            close(log)
+        }
+        // The server refuses a data directory that others can read.
+        var info = stat()
+        if stat(directory, &info) == 0, info.st_mode & 0o027 != 0 { chmod(directory, 0o700) }
+    }
+
+    /// The first directory above the cluster that `account` may not pass through. We are root, so access() would
+    /// answer for us, not for it: read the permission bits instead (supplementary groups are not considered).
+    private func firstUnsearchableAncestor(for account: ServerAccount) -> String? {
+        var path = ""
+        for component in directory.split(separator: "/").dropLast() {
+            path += "/" + component
+            var info = stat()
+            guard stat(path, &info) == 0 else { return path }
+            let bit = info.st_uid == account.uid ? S_IXUSR : info.st_gid == account.gid ? S_IXGRP : S_IXOTH
+            if info.st_mode & bit == 0 { return path }
+        }
+        return nil
+    }
+
+    private func initialize(with binaries: ServerBinaries, as account: ServerAccount?) throws(PostgresError) {
+        logger.notice("creating a PostgreSQL cluster")
+        try ServerCommand(
+            [
+                binaries.initdb, "-D", directory, "--auth=trust", "--username=statefn", "--encoding=UTF8",
+                "--locale=C",
+            ], as: account
+        ).check()
+        // Our settings live in their own file, rewritten at every start; postgresql.conf stays the operator's.
+        try append("\ninclude_if_exists = 'statefn.conf'\n", to: directory + "/postgresql.conf")
+    }
+
+    /// `<directory>/sock` if a socket path there fits in sockaddr_un, else a private directory under /tmp named
+    /// after the cluster, so each cluster keeps one stable socket.
+    private var socketDirectory: String {
+        let inside = directory + "/sock"
+        return (inside + "/.s.PGSQL.\(Self.port)").utf8.count <= Self.maxSocketPathBytes
+            ? inside : "/tmp/statefn-pg-\(String(Self.fnv1a(directory), radix: 16))"
+    }
+
+    private func prepareSocketDirectory(for account: ServerAccount?) throws(PostgresError) -> String {
+        let path = socketDirectory
+        guard mkdir(path, 0o700) == 0 || errno == EEXIST else {
+            throw Self.setupFailure("cannot create the socket directory \(path): \(Self.errnoText())")
+        }
+        var info = stat()
+        guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw Self.setupFailure("the socket directory \(path) is not a directory")
+        }
+        let ownerID = account?.uid ?? getuid()
+        if info.st_uid != ownerID {
+            guard let account, chown(path, account.uid, account.gid) == 0 else {
+                throw Self.setupFailure("the socket directory \(path) belongs to another user")
+            }
+        }
+        chmod(path, 0o700)
+        return path
+    }
+
+    private func writeSettings(socketDirectory: String, account: ServerAccount?) throws(PostgresError) {
+        let path = directory + "/statefn.conf"
+        let settings = """
+            # Written by statefn at every start; put your own settings in postgresql.conf.
+            listen_addresses = ''
+            port = \(Self.port)
+            unix_socket_directories = '\(Self.settingQuoted(socketDirectory))'
+            max_connections = 200
+            fsync = on
+
+            """
+        do {
+            try settings.write(toFile: path, atomically: false, encoding: .utf8)
+        } catch {
+            throw Self.setupFailure("cannot write \(path): \(error)")
+        }
+        if let account, chown(path, account.uid, account.gid) != 0 {
+            throw Self.setupFailure("cannot give \(path) to \(account.name): \(Self.errnoText())")
+        }
+    }
+
+    private func append(_ text: String, to path: String) throws(PostgresError) {
+        guard let file = FileHandle(forWritingAtPath: path) else {
+            throw Self.setupFailure("cannot open \(path) for writing")
+        }
+        defer { try? file.close() }
+        do {
+            try file.seekToEnd()
+            try file.write(contentsOf: Data(text.utf8))
+        } catch {
+            throw Self.setupFailure("cannot write \(path): \(error)")
+        }
+    }
+
+    /// Adds the end of the server log to a failure: pg_ctl itself only says that the server did not start.
+    private func withServerLog(_ body: () throws(PostgresError) -> Void) throws(PostgresError) {
+        do {
+            try body()
+        } catch {
+            var error = error
+            let log = (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+            error.detail += "\nserver log (\(logFile)):\n" + String(log.suffix(2000))
+            throw error
+        }
+    }
+
+    private static func setupFailure(_ detail: String) -> PostgresError {
+        PostgresError(code: .invalidConfiguration, detail: detail)
+    }
+
+    private static func errnoText() -> String { String(cString: strerror(errno)) }
+
+    /// A stable hash (Swift's `hashValue` changes between runs). FNV-1a, 64 bits.
+    private static func fnv1a(_ text: String) -> UInt64 {
+        text.utf8.reduce(0xcbf2_9ce4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+    }
+
+    /// A libpq conninfo value: single-quoted, with backslash escapes.
+    static func conninfoQuoted(_ value: String) -> String {
+        "'" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+    }
+
+    /// The inside of a postgresql.conf string.
+    private static func settingQuoted(_ value: String) -> String {
+        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "''")
+    }
+}
+
+/// The installed server tools: the newest /usr/lib/postgresql/<version>/bin, else whatever PATH has.
+struct ServerBinaries {
+    var initdb: String
+    var pgCtl: String
+
+    static func find() throws(PostgresError) -> ServerBinaries {
+        let root = "/usr/lib/postgresql"
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [])
+            .sorted { versionNumbers($0).lexicographicallyPrecedes(versionNumbers($1)) }
+        for version in versions.reversed() {
+            let bin = "\(root)/\(version)/bin"
+            if ["initdb", "pg_ctl", "postgres"].allSatisfy({ isExecutable("\(bin)/\($0)") }) {
+                return ServerBinaries(initdb: "\(bin)/initdb", pgCtl: "\(bin)/pg_ctl")
+            }
+        }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        func onPath(_ name: String) -> String? {
+            path.split(separator: ":").map { "\($0)/\(name)" }.first(where: isExecutable)
+        }
+        if let initdb = onPath("initdb"), let pgCtl = onPath("pg_ctl"), onPath("postgres") != nil {
+            return ServerBinaries(initdb: initdb, pgCtl: pgCtl)
+        }
+        throw PostgresError(
+            code: .invalidConfiguration,
+            detail: "PostgreSQL server binaries not found; install the postgresql package")
+    }
+
+    private static func versionNumbers(_ name: String) -> [Int] {
+        name.split(separator: ".").map { Int($0) ?? -1 }
+    }
+
+    private static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+}

@@ -1,0 +1,139 @@
+// Runs the PostgreSQL server tools (initdb, pg_ctl, useradd) as child processes and captures what they print,
+// so a failure can say why. Start-up only; never on the request path.
+import Foundation
+
+struct ServerCommand {
+    /// The exit status (128 + signal if killed) and everything the command printed on stdout and stderr.
+    struct Outcome {
+        var status: Int32
+        var output: String
+        var succeeded: Bool { status == 0 }
+    }
+
+    var arguments: [String]
+
+    /// Runs `arguments` as `account` (through `runuser`) when one is given, else as ourselves.
+    init(_ arguments: [String], as account: ServerAccount?) {
+        if let account {
+            self.arguments = [ServerCommand.runuser, "-u", account.name, "--"] + arguments
+        } else {
+            self.arguments = arguments
+        }
+    }
+
+    private static let runuser = systemTool("runuser")
+
+    /// A root tool's absolute path (Process does not search PATH).
+    static func systemTool(_ name: String) -> String {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
+            ?? "/usr/sbin/\(name)"
+    }
+
+    /// Spawns the command with stdin from /dev/null and output to a temporary file, then waits for it. A file, not
+    /// a pipe: `pg_ctl start` leaves a server running, and nothing must wait for that server to close it. Plain
+    /// waitpid, not Foundation's Process, which reaps children through GCD and stalls when its threads are busy.
+    /// posix_spawn, waitpid.
+    func run() throws(PostgresError) -> Outcome {
+        var template = Array("/tmp/statefn-command-XXXXXX".utf8CString)
+        let outputFD = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard outputFD >= 0 else { throw failure("cannot create a temporary file: \(Self.errnoText())") }
+        // Only the child's stdout and stderr should hold it, not every other child we spawn.
+        _ = fcntl(outputFD, F_SETFD, FD_CLOEXEC)
+        let outputPath = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        defer {
+            close(outputFD)
+            unlink(outputPath)
+        }
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, outputFD, 1)
+        posix_spawn_file_actions_adddup2(&actions, outputFD, 2)
+        // Our sockets and files must not live on in a long-running server.
+        _ = SpawnExtensions.closeFrom?(&actions, 3)
+        // The server's account may not be allowed into our working directory.
+        _ = SpawnExtensions.changeDirectory?(&actions, "/")
+
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid = pid_t()
+        let spawnError = posix_spawn(&pid, arguments[0], &actions, nil, argv, environ)
+        guard spawnError == 0 else {
+            throw failure("cannot run \(arguments[0]): \(String(cString: strerror(spawnError)))")
+        }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        // WIFEXITED / WEXITSTATUS / WTERMSIG are macros Swift cannot see.
+        let exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        return Outcome(status: exitStatus, output: output.trimmingTrailingNewlines())
+    }
+
+    /// Runs the command and throws, with its output, unless it exits 0.
+    @discardableResult
+    func check(_ code: PostgresError.Code = .invalidConfiguration) throws(PostgresError) -> Outcome {
+        let outcome = try run()
+        guard outcome.succeeded else {
+            throw PostgresError(
+                code: code, detail: "\(commandLine) exited with status \(outcome.status): \(outcome.output)")
+        }
+        return outcome
+    }
+
+    private var commandLine: String { arguments.joined(separator: " ") }
+
+    private func failure(_ message: String) -> PostgresError {
+        PostgresError(code: .invalidConfiguration, detail: message)
+    }
+
+    private static func errnoText() -> String { String(cString: strerror(errno)) }
+}
+
+/// glibc's posix_spawn extensions (2.29+, 2.34+), found at run time: Swift's Glibc module hides them behind
+/// _GNU_SOURCE. Without them the child keeps our working directory and inherited descriptors.
+private enum SpawnExtensions {
+    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    typealias ChangeDirectory =
+        @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
+
+    static let closeFrom = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np").map {
+        unsafeBitCast($0, to: CloseFrom.self)
+    }
+    static let changeDirectory = dlsym(nil, "posix_spawn_file_actions_addchdir_np").map {
+        unsafeBitCast($0, to: ChangeDirectory.self)
+    }
+}
+
+/// The unprivileged account the server runs as when we are root.
+struct ServerAccount {
+    var name: String
+    var uid: uid_t
+    var gid: gid_t
+
+    /// The account named `name`, if it exists. getpwnam_r.
+    static func named(_ name: String) -> ServerAccount? {
+        lookUp { getpwnam_r(name, &$0, $1, $2, &$3) }
+    }
+
+    /// The account with `uid`, if it exists. getpwuid_r.
+    static func withID(_ uid: uid_t) -> ServerAccount? {
+        lookUp { getpwuid_r(uid, &$0, $1, $2, &$3) }
+    }
+
+    private static func lookUp(
+        _ call: (inout passwd, UnsafeMutablePointer<CChar>, Int, inout UnsafeMutablePointer<passwd>?) -> Int32
+    ) -> ServerAccount? {
+        var entry = passwd()
+        var found: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        return buffer.withUnsafeMutableBufferPointer { strings in
+            // The entry's strings live in `strings`: copy them out before it goes.
+            guard call(&entry, strings.baseAddress!, strings.count, &found) == 0, found != nil,
+                let name = entry.pw_name
+            else { return nil }
+            return ServerAccount(name: String(cString: name), uid: entry.pw_uid, gid: entry.pw_gid)
+        }
+    }
+}

@@ -1,0 +1,69 @@
+// A cluster of its own: started, found still running, stopped, and started again with its data intact.
+import Foundation
+import Testing
+
+import StatefnPostgres
+
+@Suite struct EmbeddedPostgresTests {
+    @Test func restartsOnAnExistingDirectoryAndKeepsTheData() async throws {
+        let root = TestCluster.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let directory = root + "/cluster/pg"
+        let cluster = EmbeddedPostgres(directory: directory, logger: TestCluster.logger)
+        defer { cluster.stop() }
+
+        let conninfo = try await onDedicatedThread { try cluster.start() }
+        #expect(FileManager.default.fileExists(atPath: directory + "/PG_VERSION"))
+        #expect(FileManager.default.fileExists(atPath: root + "/cluster/postgres.log"))
+        let pool = PostgresPool(config: try PostgresConfig(conninfo), size: 2, logger: TestCluster.logger)
+        _ = try await pool.execute("CREATE TABLE kept (id text PRIMARY KEY)")
+        _ = try await pool.execute("INSERT INTO kept VALUES ($1)", ["survives"])
+        // Durability and isolation settings this module promises.
+        #expect(try await pool.execute("SHOW fsync").rows == [["on"]])
+        #expect(try await pool.execute("SHOW listen_addresses").rows == [[""]])
+        #expect(try await pool.execute("SHOW max_connections").rows == [["200"]])
+        pool.close()
+
+        // A server left running (say, by a crashed statefn) is reused, not an error.
+        let again = EmbeddedPostgres(directory: directory, logger: TestCluster.logger)
+        #expect(try await onDedicatedThread { try again.start() } == conninfo)
+
+        try await onDedicatedThread { again.stop() }
+        let restarted = try await onDedicatedThread { try cluster.start() }
+        let reopened = PostgresPool(config: try PostgresConfig(restarted), size: 1, logger: TestCluster.logger)
+        defer { reopened.close() }
+        #expect(try await reopened.execute("SELECT id FROM kept").rows == [["survives"]])
+    }
+
+    @Test func aLongDirectoryPutsTheSocketUnderTmp() async throws {
+        let root = TestCluster.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let directory = root + "/" + String(repeating: "deep-", count: 20) + "/pg"
+        let cluster = EmbeddedPostgres(directory: directory, logger: TestCluster.logger)
+        defer { cluster.stop() }
+        let conninfo = try await onDedicatedThread { try cluster.start() }
+        #expect(conninfo.hasPrefix("host='/tmp/statefn-pg-"))
+        let pool = PostgresPool(config: try PostgresConfig(conninfo), size: 1, logger: TestCluster.logger)
+        defer { pool.close() }
+        #expect(try await pool.execute("SELECT current_user").rows == [["statefn"]])
+    }
+
+    @Test func aClusterTheServerAccountCannotReachIsExplained() async throws {
+        let root = TestCluster.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let hidden = root + "/private"
+        try FileManager.default.createDirectory(atPath: hidden, withIntermediateDirectories: false)
+        chmod(hidden, 0o700)
+        let cluster = EmbeddedPostgres(directory: hidden + "/pg", logger: TestCluster.logger)
+        defer { cluster.stop() }
+        let outcome = await expectPostgresError { _ = try await onDedicatedThread { try cluster.start() } }
+        if getuid() == 0 {
+            // As root the server runs as another account, which cannot pass through a 0700 directory of root's.
+            #expect(outcome?.code == .invalidConfiguration)
+            #expect(outcome?.detail.contains("\(hidden) is not searchable") == true)
+        } else {
+            // Our own directory: the server runs as us and gets in.
+            #expect(outcome == nil)
+        }
+    }
+}
