@@ -26,7 +26,7 @@ public struct JSONLogHandler: LogHandler {
         line["level"] = .string(event.level.rawValue)
         line["msg"] = .string(event.message.description)
         line["logger"] = .string(label)
-        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
+        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }).sorted(by: { $0.key < $1.key }) {
             line[key] = Self.json(value)
         }
         var bytes = JSONValue.object(line).encoded()

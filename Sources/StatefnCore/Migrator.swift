@@ -91,10 +91,17 @@ public struct Migrator: Sendable {
             "INSERT INTO schema_migrations_lock (id) VALUES (1) ON CONFLICT (id) DO NOTHING",
         ]
         for statement in statements {
-            // Two gateways creating the same table at once can collide in the catalog (23505); the loser's
-            // second try sees the table.
-            do { _ = try await pool.execute(statement) } catch let error as PostgresError where error.sqlState == "23505" {
-                _ = try await pool.execute(statement)
+            // Gateways creating the same table at once can collide in the catalog (23505, 42P07, 42710);
+            // a second try sees the table.
+            for attempt in 1...3 {
+                do {
+                    _ = try await pool.execute(statement)
+                    break
+                } catch let error as PostgresError
+                    where attempt < 3 && ["23505", "42P07", "42710"].contains(error.sqlState ?? "")
+                {
+                    try await Task.sleep(for: .milliseconds(10 * attempt))
+                }
             }
         }
     }

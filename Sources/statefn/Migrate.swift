@@ -12,12 +12,14 @@ struct Migrate: AsyncParsableCommand {
 
     func run() async throws {
         let logger = bootstrapLogging(level: .info)
-        let migrator = try database.migrator()
-        let (config, embedded) = try database.open(logger: logger)
-        defer { embedded?.stop() }
-        let pool = PostgresPool(config: config, size: 1, logger: logger)
-        defer { pool.close() }
-        let applied = try await migrator.apply(on: pool, logger: logger)
-        print(applied.isEmpty ? "migrations: up to date" : "migrations applied: \(applied.joined(separator: ", "))")
+        try await reportingFailure(logger) {
+            let migrator = try database.migrator()
+            let (config, embedded) = try database.open(logger: logger)
+            defer { embedded?.stop() }
+            let pool = PostgresPool(config: config, size: 1, logger: logger)
+            defer { pool.close() }
+            let applied = try await migrator.apply(on: pool, logger: logger)
+            print(applied.isEmpty ? "migrations: up to date" : "migrations applied: \(applied.joined(separator: ", "))")
+        }
     }
 }

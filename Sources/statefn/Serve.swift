@@ -55,6 +55,10 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         let logger = bootstrapLogging(level: Logger.Level(rawValue: logLevel) ?? .info)
+        try await reportingFailure(logger) { try await serve(logger) }
+    }
+
+    private func serve(_ logger: Logger) async throws {
         let address = try ListenAddress(listen)
         let signals = ShutdownSignals()
 
@@ -130,6 +134,22 @@ struct ListenAddress {
     }
 
     var urlHost: String { host.contains(":") ? "[\(host)]" : host }
+}
+
+/// Runs `body`; a failure is logged with its full detail (a database error's server message, say, which the
+/// error's own description leaves out) and ends the process with status 1.
+func reportingFailure(_ logger: Logger, _ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as PostgresError {
+        logger.critical("statefn failed", metadata: ["error": "\(error.logDescription)"])
+        throw ExitCode.failure
+    } catch let error as ValidationError {
+        throw error
+    } catch {
+        logger.critical("statefn failed", metadata: ["error": "\(error)"])
+        throw ExitCode.failure
+    }
 }
 
 func bootstrapLogging(level: Logger.Level) -> Logger {
