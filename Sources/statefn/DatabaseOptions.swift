@@ -29,12 +29,21 @@ struct DatabaseOptions: ParsableArguments {
         if let url = Environment.value("DATABASE_URL") {
             return (try PostgresConfig(url), nil)
         }
-        let directory = absolutePath(dataDir) + "/pg"
+        let directory = clusterDirectory()
         let embedded = EmbeddedPostgres(directory: directory, logger: logger)
         let conninfo = try embedded.start()
         logger.info(
             "embedded PostgreSQL running", metadata: ["directory": "\(directory)", "conninfo": "\(conninfo)"])
         return (try PostgresConfig(conninfo), embedded)
+    }
+
+    /// `<data-dir>/pg`, unless we are root and PostgreSQL's unprivileged account could not reach it (a checkout
+    /// under /root, say): then /var/lib/statefn/<data-dir path>/pg, so the cluster still survives restarts.
+    func clusterDirectory() -> String {
+        let dataDirectory = absolutePath(dataDir)
+        guard getuid() == 0, !othersCanTraverse(dataDirectory) else { return dataDirectory + "/pg" }
+        let key = dataDirectory.split(separator: "/").joined(separator: "_")
+        return "/var/lib/statefn/\(key)/pg"
     }
 
     func migrator() throws -> Migrator {
@@ -68,6 +77,18 @@ func absolutePath(_ path: String) -> String {
     guard getcwd(&buffer, buffer.count) != nil else { return path }
     let cwd = string(fromNulTerminated: buffer)
     return path == "." ? cwd : cwd + "/" + (path.hasPrefix("./") ? String(path.dropFirst(2)) : path)
+}
+
+/// Whether every existing directory on the way to `path` lets other users through (o+x).
+func othersCanTraverse(_ path: String) -> Bool {
+    var prefix = ""
+    for component in path.split(separator: "/") {
+        prefix += "/" + component
+        var info = stat()
+        guard stat(prefix, &info) == 0 else { return true }  // what does not exist yet is created traversable
+        if info.st_mode & S_IXOTH == 0 { return false }
+    }
+    return true
 }
 
 func isDirectory(_ path: String) -> Bool {
