@@ -26,7 +26,7 @@ let package = Package(
         // The only importer of CLibPQ.
         .target(
             name: "StatefnPostgres",
-            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["CLibPQ", "CLinux", .product(name: "Logging", package: "swift-log")]),
         // The only importer of CMicroHTTPD.
         .target(
             name: "StatefnHTTP",
@@ -51,7 +51,7 @@ let package = Package(
         // Real parts for tests: a throwaway PostgreSQL cluster, the built binary, an HTTP client.
         .target(
             name: "StatefnTestSupport",
-            dependencies: ["StatefnPostgres", .product(name: "Logging", package: "swift-log")]),
+            dependencies: ["CLinux", "StatefnPostgres", .product(name: "Logging", package: "swift-log")]),
 
         .testTarget(name: "StatefnJSONTests", dependencies: ["StatefnJSON"]),
         .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres"]),

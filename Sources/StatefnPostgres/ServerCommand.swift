@@ -1,5 +1,6 @@
 // Runs the PostgreSQL server tools (initdb, pg_ctl, useradd) as child processes and captures what they print,
 // so a failure can say why. Start-up only; never on the request path.
+import CLinux
 import Foundation
 
 struct ServerCommand {
@@ -52,9 +53,9 @@ struct ServerCommand {
         posix_spawn_file_actions_adddup2(&actions, outputFD, 1)
         posix_spawn_file_actions_adddup2(&actions, outputFD, 2)
         // Our sockets and files must not live on in a long-running server.
-        _ = SpawnExtensions.closeFrom?(&actions, 3)
+        clinux_spawn_addclosefrom(&actions, 3)
         // The server's account may not be allowed into our working directory.
-        _ = SpawnExtensions.changeDirectory?(&actions, "/")
+        clinux_spawn_addchdir(&actions, "/")
 
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
@@ -93,19 +94,6 @@ struct ServerCommand {
 
 /// glibc's posix_spawn extensions (2.29+, 2.34+), found at run time: Swift's Glibc module hides them behind
 /// _GNU_SOURCE. Without them the child keeps our working directory and inherited descriptors.
-private enum SpawnExtensions {
-    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
-    typealias ChangeDirectory =
-        @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
-
-    static let closeFrom = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np").map {
-        unsafeBitCast($0, to: CloseFrom.self)
-    }
-    static let changeDirectory = dlsym(nil, "posix_spawn_file_actions_addchdir_np").map {
-        unsafeBitCast($0, to: ChangeDirectory.self)
-    }
-}
-
 /// The unprivileged account the server runs as when we are root.
 struct ServerAccount {
     var name: String
