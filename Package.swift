@@ -54,7 +54,7 @@ let package = Package(
             dependencies: ["CLinux", "StatefnPostgres", .product(name: "Logging", package: "swift-log")]),
 
         .testTarget(name: "StatefnJSONTests", dependencies: ["StatefnJSON"]),
-        .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres"]),
+        .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres", "StatefnTestSupport"]),
         .testTarget(name: "StatefnHTTPTests", dependencies: ["StatefnHTTP", "StatefnJSON"]),
         .testTarget(
             name: "StatefnWorkersTests", dependencies: ["StatefnWorkers", "StatefnJSON"],

@@ -3,19 +3,20 @@ import Foundation
 import Testing
 
 import StatefnPostgres
+import StatefnTestSupport
 
 @Suite struct EmbeddedPostgresTests {
     @Test func restartsOnAnExistingDirectoryAndKeepsTheData() async throws {
-        let root = TestCluster.makeTemporaryDirectory()
+        let root = TestDatabase.makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }
         let directory = root + "/cluster/pg"
-        let cluster = EmbeddedPostgres(directory: directory, logger: TestCluster.logger)
+        let cluster = EmbeddedPostgres(directory: directory, logger: TestDatabase.logger)
         defer { cluster.stop() }
 
-        let conninfo = try await onDedicatedThread { try cluster.start() }
+        let conninfo = try await onThread { try cluster.start() }
         #expect(FileManager.default.fileExists(atPath: directory + "/PG_VERSION"))
         #expect(FileManager.default.fileExists(atPath: root + "/cluster/postgres.log"))
-        let pool = PostgresPool(config: try PostgresConfig(conninfo), size: 2, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(conninfo), size: 2, logger: TestDatabase.logger)
         _ = try await pool.execute("CREATE TABLE kept (id text PRIMARY KEY)")
         _ = try await pool.execute("INSERT INTO kept VALUES ($1)", ["survives"])
         // Durability and isolation settings this module promises.
@@ -25,38 +26,38 @@ import StatefnPostgres
         pool.close()
 
         // A server left running (say, by a crashed statefn) is reused, not an error.
-        let again = EmbeddedPostgres(directory: directory, logger: TestCluster.logger)
-        #expect(try await onDedicatedThread { try again.start() } == conninfo)
+        let again = EmbeddedPostgres(directory: directory, logger: TestDatabase.logger)
+        #expect(try await onThread { try again.start() } == conninfo)
 
-        try await onDedicatedThread { again.stop() }
-        let restarted = try await onDedicatedThread { try cluster.start() }
-        let reopened = PostgresPool(config: try PostgresConfig(restarted), size: 1, logger: TestCluster.logger)
+        try await onThread { again.stop() }
+        let restarted = try await onThread { try cluster.start() }
+        let reopened = PostgresPool(config: try PostgresConfig(restarted), size: 1, logger: TestDatabase.logger)
         defer { reopened.close() }
         #expect(try await reopened.execute("SELECT id FROM kept").rows == [["survives"]])
     }
 
     @Test func aLongDirectoryPutsTheSocketUnderTmp() async throws {
-        let root = TestCluster.makeTemporaryDirectory()
+        let root = TestDatabase.makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }
         let directory = root + "/" + String(repeating: "deep-", count: 20) + "/pg"
-        let cluster = EmbeddedPostgres(directory: directory, logger: TestCluster.logger)
+        let cluster = EmbeddedPostgres(directory: directory, logger: TestDatabase.logger)
         defer { cluster.stop() }
-        let conninfo = try await onDedicatedThread { try cluster.start() }
+        let conninfo = try await onThread { try cluster.start() }
         #expect(conninfo.hasPrefix("host='/tmp/statefn-pg-"))
-        let pool = PostgresPool(config: try PostgresConfig(conninfo), size: 1, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(conninfo), size: 1, logger: TestDatabase.logger)
         defer { pool.close() }
         #expect(try await pool.execute("SELECT current_user").rows == [["statefn"]])
     }
 
     @Test func aClusterTheServerAccountCannotReachIsExplained() async throws {
-        let root = TestCluster.makeTemporaryDirectory()
+        let root = TestDatabase.makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }
         let hidden = root + "/private"
         try FileManager.default.createDirectory(atPath: hidden, withIntermediateDirectories: false)
         chmod(hidden, 0o700)
-        let cluster = EmbeddedPostgres(directory: hidden + "/pg", logger: TestCluster.logger)
+        let cluster = EmbeddedPostgres(directory: hidden + "/pg", logger: TestDatabase.logger)
         defer { cluster.stop() }
-        let outcome = await expectPostgresError { _ = try await onDedicatedThread { try cluster.start() } }
+        let outcome = await expectPostgresError { _ = try await onThread { try cluster.start() } }
         if getuid() == 0 {
             // As root the server runs as another account, which cannot pass through a 0700 directory of root's.
             #expect(outcome?.code == .invalidConfiguration)

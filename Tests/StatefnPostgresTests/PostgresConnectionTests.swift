@@ -3,10 +3,11 @@ import Foundation
 import Testing
 
 @testable import StatefnPostgres
+import StatefnTestSupport
 
 @Suite struct PostgresConnectionTests {
     @Test func executeBindsTextParametersAndNULLs() async throws {
-        let pool = PostgresPool(config: try await TestCluster.config(), size: 1, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         defer { pool.close() }
         let result = try await pool.execute(
             "SELECT $1::int + 1 AS next, $2::text AS nothing, $3::text AS word, '' AS empty",
@@ -17,7 +18,7 @@ import Testing
     }
 
     @Test func affectedRowsCountsWrites() async throws {
-        let pool = PostgresPool(config: try await TestCluster.config(), size: 1, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         defer { pool.close() }
         let table = uniqueName("counts")
         let created = try await pool.execute("CREATE TABLE \(table) (id bigint PRIMARY KEY, note text)")
@@ -34,7 +35,7 @@ import Testing
     }
 
     @Test func uniqueViolationAndSyntaxErrorCarryTheirSQLSTATE() async throws {
-        let pool = PostgresPool(config: try await TestCluster.config(), size: 1, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         defer { pool.close() }
         let table = uniqueName("unique")
         try await pool.withConnection { try $0.executeScript("CREATE TABLE \(table) (id text PRIMARY KEY)") }
@@ -56,7 +57,7 @@ import Testing
     }
 
     @Test func scriptsRunSeveralStatements() async throws {
-        let pool = PostgresPool(config: try await TestCluster.config(), size: 1, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         defer { pool.close() }
         let table = uniqueName("script")
         let count = try await pool.withConnection { connection in
@@ -75,7 +76,7 @@ import Testing
     }
 
     @Test func aNULByteIsRefusedRatherThanCutShort() async throws {
-        let pool = PostgresPool(config: try await TestCluster.config(), size: 1, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         defer { pool.close() }
         let error = await expectPostgresError { _ = try await pool.execute("SELECT $1::text", ["a\u{0}b"]) }
         #expect(error?.sqlState == "22021")
@@ -83,9 +84,9 @@ import Testing
     }
 
     @Test func writeSkewUnderSerializableIsARetryableFailure() async throws {
-        let config = try await TestCluster.config()
+        let config = try PostgresConfig(try await TestDatabase.conninfo())
         let table = uniqueName("doctors")
-        let failure = try await onDedicatedThread { () throws -> PostgresError? in
+        let failure = try await onThread { () throws -> PostgresError? in
             let first = try PostgresConnection(config: config)
             let second = try PostgresConnection(config: config)
             try first.executeScript(

@@ -5,10 +5,11 @@ import Foundation
 import Testing
 
 import StatefnPostgres
+import StatefnTestSupport
 
 @Suite struct PostgresPoolTests {
     @Test func manyConcurrentCallersShareAFewConnections() async throws {
-        let pool = PostgresPool(config: try await TestCluster.config(), size: 4, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 4, logger: TestDatabase.logger)
         defer { pool.close() }
         let results = try await withThrowingTaskGroup(of: (Int, [[String?]], String).self) { group in
             for index in 0..<200 {
@@ -25,7 +26,7 @@ import StatefnPostgres
     }
 
     @Test func aTransactionLeftOpenIsRolledBack() async throws {
-        let pool = PostgresPool(config: try await TestCluster.config(), size: 1, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         defer { pool.close() }
         let table = uniqueName("abandoned")
         _ = try await pool.execute("CREATE TABLE \(table) (id bigint PRIMARY KEY)")
@@ -44,9 +45,9 @@ import StatefnPostgres
     }
 
     @Test func aConnectionKilledServerSideFailsOnceThenIsReplaced() async throws {
-        let config = try await TestCluster.config()
-        let pool = PostgresPool(config: config, size: 1, logger: TestCluster.logger)
-        let admin = PostgresPool(config: config, size: 1, logger: TestCluster.logger)
+        let config = try PostgresConfig(try await TestDatabase.conninfo())
+        let pool = PostgresPool(config: config, size: 1, logger: TestDatabase.logger)
+        let admin = PostgresPool(config: config, size: 1, logger: TestDatabase.logger)
         defer {
             pool.close()
             admin.close()
@@ -65,7 +66,7 @@ import StatefnPostgres
     @Test func aServerThatIsNotThereFailsPromptly() async throws {
         let pool = PostgresPool(
             config: try PostgresConfig("host=/tmp/statefn-no-such-server user=statefn dbname=postgres"), size: 2,
-            logger: TestCluster.logger)
+            logger: TestDatabase.logger)
         defer { pool.close() }
         for _ in 0..<2 {
             let failure = await expectPostgresError { _ = try await pool.execute("SELECT 1") }
@@ -76,7 +77,7 @@ import StatefnPostgres
 
     @Test func aCallerWaitingTooLongGetsPoolTimeout() async throws {
         let pool = PostgresPool(
-            config: try await TestCluster.config(), size: 1, logger: TestCluster.logger,
+            config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger,
             waitTimeout: .milliseconds(300))
         defer { pool.close() }
         let release = DispatchSemaphore(value: 0)
@@ -98,7 +99,7 @@ import StatefnPostgres
     }
 
     @Test func aClosedPoolRefusesCallsAndFailsItsWaiters() async throws {
-        let pool = PostgresPool(config: try await TestCluster.config(), size: 1, logger: TestCluster.logger)
+        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         let release = DispatchSemaphore(value: 0)
         let (started, startedContinuation) = AsyncStream<Void>.makeStream()
         let holder = Task {
