@@ -11,12 +11,12 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve the v1 HTTP API.",
         discussion: """
-            Without DATABASE_URL, statefn runs a private PostgreSQL cluster under <data-dir>/pg, listening on a
-            Unix socket only, and stops it on exit. Pending migrations are applied at start-up. SIGTERM or Ctrl-C
-            stops accepting connections, finishes the requests in flight (up to --grace-period), stops the workers
+            Without DATABASE_URL, statefn runs a private PostgreSQL cluster under <data-dir>/pg, listening on a \
+            Unix socket only, and stops it on exit. Pending migrations are applied at start-up. SIGTERM or Ctrl-C \
+            stops accepting connections, finishes the requests in flight (up to --grace-period), stops the workers \
             and the embedded cluster, and exits 0.
 
-            Environment: DATABASE_URL (postgres://user:pass@host:port/db or a libpq key=value string), and the
+            Environment: DATABASE_URL (postgres://user:pass@host:port/db or a libpq key=value string), and the \
             STATEFN_* variable named beside each option.
             """)
 
