@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.7.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.1.0"),
     ],
     targets: [
         // C libraries: module maps and static inline shims for the macros Swift cannot see.
@@ -41,6 +42,7 @@ let package = Package(
             dependencies: [
                 "StatefnJSON", "StatefnPostgres",
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .target(
@@ -66,8 +68,9 @@ let package = Package(
         .testTarget(
             name: "StatefnAuthTests",
             dependencies: [
-                "StatefnAuth", "StatefnJSON", "StatefnHTTP", "StatefnPostgres", "StatefnTestSupport",
+                "StatefnAuth", "StatefnJSON", "StatefnHTTP", "StatefnPostgres", "StatefnCore", "StatefnTestSupport",
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]),
         .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres"]),
         .testTarget(name: "StatefnHTTPTests", dependencies: ["StatefnHTTP", "StatefnJSON"]),
@@ -81,6 +84,7 @@ let package = Package(
             name: "EndToEndTests",
             dependencies: [
                 "StatefnJSON", "StatefnPostgres", "StatefnTestSupport", .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
             ],
             exclude: ["Fixtures"]),
     ],
