@@ -24,13 +24,17 @@ public final class GatewayProcess: @unchecked Sendable {
     }
 
     /// Starts `statefn serve` on a free port and waits until it listens. `environment` replaces the inherited one
-    /// except PATH and HOME.
-    public init(arguments: [String] = [], environment: [String: String] = [:], startTimeout: Double = 120) throws {
+    /// except PATH and HOME. Authentication is off (`--insecure-no-auth`) unless `authenticated` is true, so tests
+    /// about other things need no credentials.
+    public init(
+        arguments: [String] = [], environment: [String: String] = [:], authenticated: Bool = false,
+        startTimeout: Double = 120
+    ) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binaryPath) else {
             throw TestHTTPError(description: "\(Self.binaryPath) is missing: run `swift build` first")
         }
         process.executableURL = URL(fileURLWithPath: Self.binaryPath)
-        process.arguments = ["serve", "--listen", "127.0.0.1:0"] + arguments
+        process.arguments = ["serve", "--listen", "127.0.0.1:0"] + (authenticated ? [] : ["--insecure-no-auth"]) + arguments
         var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": NSTemporaryDirectory()]
         env.merge(environment) { $1 }
         process.environment = env
