@@ -62,7 +62,10 @@ let package = Package(
         // Real parts for tests: a throwaway PostgreSQL cluster, the built binary, an HTTP client.
         .target(
             name: "StatefnTestSupport",
-            dependencies: ["StatefnPostgres", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "StatefnPostgres", "StatefnJSON", .product(name: "Logging", package: "swift-log"),
+                .product(name: "JWTKit", package: "jwt-kit"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]),
 
         .testTarget(name: "StatefnJSONTests", dependencies: ["StatefnJSON"]),
         .testTarget(

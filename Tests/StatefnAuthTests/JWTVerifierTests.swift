@@ -5,6 +5,7 @@ import Logging
 import StatefnAuth
 import StatefnHTTP
 import StatefnJSON
+import StatefnTestSupport
 import Synchronization
 import Testing
 

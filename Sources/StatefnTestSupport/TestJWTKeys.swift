@@ -5,20 +5,23 @@ import JWTKit
 import StatefnJSON
 import _CryptoExtras
 
-struct TestClaims: JWTPayload {
-    struct Roles: Codable { var roles: [String] }
-    var sub: String?
-    var exp: Int?
-    var nbf: Int?
-    var iat: Int?
-    var iss: String?
-    var aud: [String]?
-    var scope: String?
-    var realm_access: Roles?
+public struct TestClaims: JWTPayload {
+    public struct Roles: Codable, Sendable {
+        public var roles: [String]
+        public init(roles: [String]) { self.roles = roles }
+    }
+    public var sub: String?
+    public var exp: Int?
+    public var nbf: Int?
+    public var iat: Int?
+    public var iss: String?
+    public var aud: [String]?
+    public var scope: String?
+    public var realm_access: Roles?
 
-    func verify(using algorithm: some JWTAlgorithm) throws {}
+    public func verify(using algorithm: some JWTAlgorithm) throws {}
 
-    static func valid(
+    public static func valid(
         sub: String = "alice", scope: String? = "invoke:*", now: Double = Date().timeIntervalSince1970,
         lifetime: Int = 300, audience: String = "statefn", issuer: String = "https://id.example"
     ) -> TestClaims {
@@ -28,64 +31,64 @@ struct TestClaims: JWTPayload {
     }
 }
 
-struct TestKeys: Sendable {
-    let rsa: JWTKit.Insecure.RSA.PrivateKey
-    let ec: ES256PrivateKey
-    let hmac: [UInt8]
+public struct TestKeys: Sendable {
+    public let rsa: JWTKit.Insecure.RSA.PrivateKey
+    public let ec: ES256PrivateKey
+    public let hmac: [UInt8]
 
-    init() throws {
+    public init() throws {
         rsa = try JWTKit.Insecure.RSA.PrivateKey(backing: _RSA.Signing.PrivateKey(keySize: .bits2048))
         ec = ES256PrivateKey()
         hmac = (0..<32).map { _ in UInt8.random(in: 0...255) }
     }
 
-    static func base64url(_ bytes: some DataProtocol) -> String {
+    public static func base64url(_ bytes: some DataProtocol) -> String {
         Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
     }
 
-    func rsaJWK(kid: String) throws -> JSONValue {
+    public func rsaJWK(kid: String) throws -> JSONValue {
         let (n, e) = try rsa.publicKey.getKeyPrimitives()
         return ["kty": "RSA", "kid": .string(kid), "use": "sig", "alg": "RS256", "n": .string(Self.base64url(n)),
             "e": .string(Self.base64url(e))]
     }
 
-    func ecJWK(kid: String) -> JSONValue {
+    public func ecJWK(kid: String) -> JSONValue {
         let parameters = ec.publicKey.parameters!
         return ["kty": "EC", "kid": .string(kid), "crv": "P-256", "x": .string(parameters.x), "y": .string(parameters.y)]
     }
 
-    func hmacJWK(kid: String) -> JSONValue {
+    public func hmacJWK(kid: String) -> JSONValue {
         ["kty": "oct", "kid": .string(kid), "alg": "HS256", "k": .string(Self.base64url(hmac))]
     }
 
-    static func jwks(_ keys: [JSONValue]) -> [UInt8] { JSONValue.object(["keys": .array(keys)]).encoded() }
+    public static func jwks(_ keys: [JSONValue]) -> [UInt8] { JSONValue.object(["keys": .array(keys)]).encoded() }
 
-    func signRSA(_ claims: TestClaims, kid: String) async throws -> String {
+    public func signRSA(_ claims: TestClaims, kid: String) async throws -> String {
         let signers = JWTKeyCollection()
         await signers.add(rsa: rsa, digestAlgorithm: .sha256, kid: JWKIdentifier(string: kid))
         return try await signers.sign(claims, kid: JWKIdentifier(string: kid))
     }
 
-    func signEC(_ claims: TestClaims, kid: String) async throws -> String {
+    public func signEC(_ claims: TestClaims, kid: String) async throws -> String {
         let signers = JWTKeyCollection()
         await signers.add(ecdsa: ec, kid: JWKIdentifier(string: kid))
         return try await signers.sign(claims, kid: JWKIdentifier(string: kid))
     }
 
-    func signHMAC(_ claims: TestClaims, kid: String, secret: [UInt8]? = nil) async throws -> String {
+    public func signHMAC(_ claims: TestClaims, kid: String, secret: [UInt8]? = nil) async throws -> String {
         let signers = JWTKeyCollection()
         await signers.add(hmac: HMACKey(from: secret ?? hmac), digestAlgorithm: .sha256, kid: JWKIdentifier(string: kid))
         return try await signers.sign(claims, kid: JWKIdentifier(string: kid))
     }
 
     /// The classic confusion attack: an HS256 token whose HMAC secret is the RSA key's public PEM.
-    func confusedToken(_ claims: TestClaims, kid: String) async throws -> String {
+    public func confusedToken(_ claims: TestClaims, kid: String) async throws -> String {
         try await signHMAC(claims, kid: kid, secret: Array(rsa.publicKey.pemRepresentation.utf8))
     }
 
     /// An unsigned token, `alg: none`.
-    static func unsignedToken(_ claims: TestClaims, kid: String) throws -> String {
+    public static func unsignedToken(_ claims: TestClaims, kid: String) throws -> String {
         let header = base64url(Array(#"{"alg":"none","typ":"JWT","kid":"\#(kid)"}"#.utf8))
         let payload = base64url(try JSONEncoder().encode(claims))
         return header + "." + payload + "."
