@@ -14,7 +14,9 @@ public struct APIKey: Sendable, Equatable {
     public static func generate() -> APIKey {
         var generator = SystemRandomNumberGenerator()
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
-        let id = String(decoding: (0..<12).map { _ in alphabet[Int(generator.next(upperBound: UInt32(alphabet.count)))] }, as: UTF8.self)
+        let id = String(
+            decoding: (0..<12).map { _ in alphabet[Int(generator.next(upperBound: UInt32(alphabet.count)))] },
+            as: UTF8.self)
         let secret = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
         return APIKey(id: id, secret: hex(secret))
     }

@@ -24,7 +24,8 @@ public final class APIKeyStore: Sendable {
     public init(pool: PostgresPool) { self.pool = pool }
 
     /// Stores a new key and returns it; its token is shown once and never again.
-    public func create(name: String, scopes: [String], expiresInSeconds: Int64?) async throws -> (APIKey, APIKeyRecord) {
+    public func create(name: String, scopes: [String], expiresInSeconds: Int64?) async throws -> (APIKey, APIKeyRecord)
+    {
         let key = APIKey.generate()
         let scopesJSON = JSONValue.array(scopes.map(JSONValue.string)).encodedString()
         _ = try await pool.execute(

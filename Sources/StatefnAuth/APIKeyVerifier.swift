@@ -7,6 +7,8 @@ public final class APIKeyVerifier: Sendable {
     private struct Entry {
         /// nil: no key with this id (cached too; ids are random, so nobody uses one before it exists).
         var record: APIKeyRecord?
+        /// Built once per lookup, so the request path does not parse scopes again.
+        var principal: Principal?
         var fetchedAt: Double
     }
 
@@ -30,24 +32,27 @@ public final class APIKeyVerifier: Sendable {
         }
         let now = clock()
         let cached = entries.withLock { $0[key.id] }
-        let record: APIKeyRecord?
+        let entry: Entry
         if let cached, now - cached.fetchedAt < cacheSeconds, now >= cached.fetchedAt {
-            record = cached.record
+            entry = cached
         } else {
-            record = try await store.lookup(id: key.id)
+            let record = try await store.lookup(id: key.id)
+            entry = Entry(
+                record: record, principal: record.map { Principal(subject: $0.name, scopes: $0.scopes, keyID: $0.id) },
+                fetchedAt: now)
             entries.withLock { entries in
                 if entries.count >= maxEntries { entries.removeAll(keepingCapacity: true) }
-                entries[key.id] = Entry(record: record, fetchedAt: now)
+                entries[key.id] = entry
             }
         }
         // A wrong secret reads the same as an unknown id, so the answer does not tell which ids exist.
-        guard let record, APIKey.constantTimeEqual(key.secretHash, record.secretHash) else {
+        guard let record = entry.record, let principal = entry.principal, APIKey.constantTimeEqual(key.secretHash, record.secretHash) else {
             throw AuthError(.unknownKey, "unknown API key")
         }
         guard !record.isRevoked else { throw AuthError(.revoked, "the API key was revoked") }
         if let expires = record.expiresAtEpoch, expires <= now {
             throw AuthError(.expired, "the API key has expired")
         }
-        return Principal(subject: record.name, scopes: record.scopes, keyID: record.id)
+        return principal
     }
 }

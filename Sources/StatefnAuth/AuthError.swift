@@ -50,16 +50,20 @@ public struct AuthError: Error, Sendable, Equatable, CustomStringConvertible {
         case .forbidden:
             return [(name: "WWW-Authenticate", value: #"Bearer realm="statefn", error="insufficient_scope""#)]
         case .missing:
-            return [(
-                name: "WWW-Authenticate",
-                value: #"Bearer realm="statefn", error_description="missing credentials""#
-            )]
+            return [
+                (
+                    name: "WWW-Authenticate",
+                    value: #"Bearer realm="statefn", error_description="missing credentials""#
+                )
+            ]
         default:
             let description = reason.rawValue.replacingUnderscores
-            return [(
-                name: "WWW-Authenticate",
-                value: #"Bearer realm="statefn", error="invalid_token", error_description="\#(description)""#
-            )]
+            return [
+                (
+                    name: "WWW-Authenticate",
+                    value: #"Bearer realm="statefn", error="invalid_token", error_description="\#(description)""#
+                )
+            ]
         }
     }
 

@@ -27,10 +27,14 @@ public struct JWTClaimRules: Sendable {
         }
         if let iat = claims["iat"] {
             guard let iat = iat.doubleValue else { throw AuthError(.invalidClaims, "iat is not a number") }
-            guard iat <= now + skewSeconds else { throw AuthError(.invalidClaims, "the token was issued in the future") }
+            guard iat <= now + skewSeconds else {
+                throw AuthError(.invalidClaims, "the token was issued in the future")
+            }
         }
         if let issuer {
-            guard claims["iss"]?.stringValue == issuer else { throw AuthError(.invalidClaims, "the token's issuer is not accepted") }
+            guard claims["iss"]?.stringValue == issuer else {
+                throw AuthError(.invalidClaims, "the token's issuer is not accepted")
+            }
         }
         if let audience {
             let accepted: Bool
@@ -39,7 +43,9 @@ public struct JWTClaimRules: Sendable {
             case .array(let auds)?: accepted = auds.contains(.string(audience))
             default: accepted = false
             }
-            guard accepted else { throw AuthError(.invalidClaims, "the token's audience does not include this gateway") }
+            guard accepted else {
+                throw AuthError(.invalidClaims, "the token's audience does not include this gateway")
+            }
         }
         guard let subject = claims["sub"]?.stringValue, !subject.isEmpty else {
             throw AuthError(.invalidClaims, "the token has no sub")

@@ -81,7 +81,9 @@ public final class JWTVerifier: Sendable {
             header.objectValue != nil
         else { throw AuthError(.malformed, "not a JWT: expected base64url header.payload.signature") }
         guard let alg = header["alg"]?.stringValue else { throw AuthError(.malformed, "the token has no alg") }
-        guard alg.lowercased() != "none" else { throw AuthError(.badSignature, "unsigned tokens (alg none) are refused") }
+        guard alg.lowercased() != "none" else {
+            throw AuthError(.badSignature, "unsigned tokens (alg none) are refused")
+        }
         guard let algorithm = JWTAlgorithmName(rawValue: alg) else {
             throw AuthError(.badSignature, "algorithm \(alg) is not accepted")
         }
@@ -98,7 +100,9 @@ public final class JWTVerifier: Sendable {
         guard key.algorithm == algorithm else {
             throw AuthError(.badSignature, "the token's alg is not its key's algorithm")
         }
-        guard let signature = Base64URL.decode(parts[2]) else { throw AuthError(.malformed, "the signature is not base64url") }
+        guard let signature = Base64URL.decode(parts[2]) else {
+            throw AuthError(.malformed, "the signature is not base64url")
+        }
         let signed = Array(token.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
         let valid = (try? key.verifier.verify(signature, signs: signed)) ?? false
         guard valid else { throw AuthError(.badSignature, "the token's signature does not verify") }
@@ -124,7 +128,8 @@ public final class JWTVerifier: Sendable {
         let (document, issuer) = try await source.fetch()
         let set = try await JWTKeySet.parse(document)
         for reason in set.skipped {
-            logger.warning("JWKS key skipped", metadata: ["source": "\(configuration.location)", "reason": "\(reason)"])
+            logger.warning(
+                "JWKS key skipped", metadata: ["source": "\(configuration.location)", "reason": "\(reason)"])
         }
         if let issuer, case .oidcIssuer = configuration.location { discoveredIssuer.withLock { $0 = issuer } }
         let now = clock()
@@ -134,7 +139,8 @@ public final class JWTVerifier: Sendable {
             $0.loadedAt = now
         }
         logger.info(
-            "JWKS loaded", metadata: ["source": "\(configuration.location)", "kids": "\(set.kids.joined(separator: ","))"])
+            "JWKS loaded",
+            metadata: ["source": "\(configuration.location)", "kids": "\(set.kids.joined(separator: ","))"])
     }
 
     /// Refetches the keys for an unknown `kid`, at most once per `minRefreshSeconds`; callers arriving while a

@@ -62,7 +62,8 @@ public struct Scope: Sendable, Hashable, CustomStringConvertible {
         case let part? where part == "{sub}": entity = .subject
         case let part? where part.hasSuffix("*"): entity = .prefix(String(part.dropLast()))
         case let part?:
-            guard part.utf8.count <= 256, !part.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+            guard part.utf8.count <= 256,
+                !part.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
             else { return nil }
             entity = .exact(String(part))
         }
@@ -74,7 +75,8 @@ public struct Scope: Sendable, Hashable, CustomStringConvertible {
     /// `admin` covers every action. A call with no entity (an action, a listing, `/v1/functions`) needs a scope
     /// without an entity restriction, since a restricted scope names entities the call cannot be checked against.
     /// `function == nil` means a gateway-wide call (`/v1/functions`), which only a `*` function covers.
-    public func covers(action needed: ScopeAction, function name: String?, entity id: String?, subject: String) -> Bool {
+    public func covers(action needed: ScopeAction, function name: String?, entity id: String?, subject: String) -> Bool
+    {
         guard action == needed || action == .admin else { return false }
         switch (function, name) {
         case (.any, _): break

@@ -43,19 +43,25 @@ public struct TestKeys: Sendable {
     }
 
     public static func base64url(_ bytes: some DataProtocol) -> String {
-        Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
+        Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(
+            of: "/", with: "_"
+        )
+        .replacingOccurrences(of: "=", with: "")
     }
 
     public func rsaJWK(kid: String) throws -> JSONValue {
         let (n, e) = try rsa.publicKey.getKeyPrimitives()
-        return ["kty": "RSA", "kid": .string(kid), "use": "sig", "alg": "RS256", "n": .string(Self.base64url(n)),
-            "e": .string(Self.base64url(e))]
+        return [
+            "kty": "RSA", "kid": .string(kid), "use": "sig", "alg": "RS256", "n": .string(Self.base64url(n)),
+            "e": .string(Self.base64url(e)),
+        ]
     }
 
     public func ecJWK(kid: String) -> JSONValue {
         let parameters = ec.publicKey.parameters!
-        return ["kty": "EC", "kid": .string(kid), "crv": "P-256", "x": .string(parameters.x), "y": .string(parameters.y)]
+        return [
+            "kty": "EC", "kid": .string(kid), "crv": "P-256", "x": .string(parameters.x), "y": .string(parameters.y),
+        ]
     }
 
     public func hmacJWK(kid: String) -> JSONValue {
@@ -78,7 +84,8 @@ public struct TestKeys: Sendable {
 
     public func signHMAC(_ claims: TestClaims, kid: String, secret: [UInt8]? = nil) async throws -> String {
         let signers = JWTKeyCollection()
-        await signers.add(hmac: HMACKey(from: secret ?? hmac), digestAlgorithm: .sha256, kid: JWKIdentifier(string: kid))
+        await signers.add(
+            hmac: HMACKey(from: secret ?? hmac), digestAlgorithm: .sha256, kid: JWKIdentifier(string: kid))
         return try await signers.sign(claims, kid: JWKIdentifier(string: kid))
     }
 

@@ -7,45 +7,56 @@ import StatefnPostgres
 
 struct AuthOptions: ParsableArguments {
     @Option(
-        name: .customLong("jwks-file"),help: ArgumentHelp("JWKS file with the keys that sign JWTs (env STATEFN_JWKS_FILE).", valueName: "path"))
+        name: .customLong("jwks-file"),
+        help: ArgumentHelp("JWKS file with the keys that sign JWTs (env STATEFN_JWKS_FILE).", valueName: "path"))
     var jwksFileText: String = Environment.value("STATEFN_JWKS_FILE") ?? ""
 
     @Option(
-        name: .customLong("jwks-url"),help: ArgumentHelp("URL of a JWKS with the keys that sign JWTs (env STATEFN_JWKS_URL).", valueName: "url"))
+        name: .customLong("jwks-url"),
+        help: ArgumentHelp("URL of a JWKS with the keys that sign JWTs (env STATEFN_JWKS_URL).", valueName: "url"))
     var jwksUrlText: String = Environment.value("STATEFN_JWKS_URL") ?? ""
 
     @Option(
-        name: .customLong("oidc-issuer"),        help: ArgumentHelp(
+        name: .customLong("oidc-issuer"),
+        help: ArgumentHelp(
             "OIDC issuer (Keycloak: https://host/realms/NAME); its /.well-known/openid-configuration names the JWKS, and tokens must carry it as iss (env STATEFN_OIDC_ISSUER).",
             valueName: "url"))
     var oidcIssuerText: String = Environment.value("STATEFN_OIDC_ISSUER") ?? ""
 
     @Option(
-        name: .customLong("jwt-audience"),help: ArgumentHelp("Required JWT audience: aud must be or include it (env STATEFN_JWT_AUDIENCE).", valueName: "aud"))
+        name: .customLong("jwt-audience"),
+        help: ArgumentHelp(
+            "Required JWT audience: aud must be or include it (env STATEFN_JWT_AUDIENCE).", valueName: "aud"))
     var jwtAudienceText: String = Environment.value("STATEFN_JWT_AUDIENCE") ?? ""
 
     @Option(
-        name: .customLong("jwt-issuer"),help: ArgumentHelp("Required JWT issuer, iss (env STATEFN_JWT_ISSUER).", valueName: "iss"))
+        name: .customLong("jwt-issuer"),
+        help: ArgumentHelp("Required JWT issuer, iss (env STATEFN_JWT_ISSUER).", valueName: "iss"))
     var jwtIssuerText: String = Environment.value("STATEFN_JWT_ISSUER") ?? ""
 
     @Option(
-        name: .customLong("rate-limit"),        help: ArgumentHelp(
+        name: .customLong("rate-limit"),
+        help: ArgumentHelp(
             "Requests per caller (API key or JWT subject), as N/s or N/min; over it, 429 with Retry-After. Off by default (env STATEFN_RATE_LIMIT).",
             valueName: "rate"))
     var rateLimitText: String = Environment.value("STATEFN_RATE_LIMIT") ?? ""
 
     @Option(
-        name: .customLong("rate-burst"),help: ArgumentHelp("Burst allowed above --rate-limit; default: one second's worth (env STATEFN_RATE_BURST).", valueName: "n"))
+        name: .customLong("rate-burst"),
+        help: ArgumentHelp(
+            "Burst allowed above --rate-limit; default: one second's worth (env STATEFN_RATE_BURST).", valueName: "n"))
     var rateBurstValue: Int = Environment.value("STATEFN_RATE_BURST").flatMap { Int($0) } ?? 0
 
     @Flag(
         help: ArgumentHelp(
-            "Serve without authentication, for local play: every call is allowed. Only on a loopback address; logs a warning (env STATEFN_INSECURE_NO_AUTH=1)."))
+            "Serve without authentication, for local play: every call is allowed. Only on a loopback address; logs a warning (env STATEFN_INSECURE_NO_AUTH=1)."
+        ))
     var insecureNoAuth = false
 
     @Flag(
         help: ArgumentHelp(
-            "Create a development API key with scope admin:* on first start, keep it in <data-dir>/dev-key (mode 0600), and print it on every start (env STATEFN_DEV_KEY=1)."))
+            "Create a development API key with scope admin:* on first start, keep it in <data-dir>/dev-key (mode 0600), and print it on every start (env STATEFN_DEV_KEY=1)."
+        ))
     var devKey = false
 
     var jwksFile: String? { jwksFileText.isEmpty ? nil : jwksFileText }
@@ -83,18 +94,22 @@ struct AuthOptions: ParsableArguments {
     func authenticator(pool: PostgresPool, logger: Logger) async throws -> Authenticator? {
         if authDisabled {
             logger.warning(
-                "authentication is OFF (--insecure-no-auth): every caller may do everything; use it for local play only")
+                "authentication is OFF (--insecure-no-auth): every caller may do everything; use it for local play only"
+            )
             return nil
         }
         var jwt: JWTVerifier?
         let location: JWKSLocation? =
-            if let jwksFile { .file(absolutePath(jwksFile)) } else if let jwksUrl { .url(jwksUrl) } else if let oidcIssuer {
+            if let jwksFile { .file(absolutePath(jwksFile)) } else if let jwksUrl {
+                .url(jwksUrl)
+            } else if let oidcIssuer {
                 .oidcIssuer(oidcIssuer)
             } else { nil }
         if let location {
             var rules = JWTClaimRules(audience: jwtAudience, issuer: jwtIssuer)
             if rules.issuer == nil, let oidcIssuer { rules.issuer = oidcIssuer }
-            let verifier = JWTVerifier(configuration: JWTConfiguration(location: location, claims: rules), logger: logger)
+            let verifier = JWTVerifier(
+                configuration: JWTConfiguration(location: location, claims: rules), logger: logger)
             do {
                 try await verifier.refresh()
             } catch {

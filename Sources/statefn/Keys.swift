@@ -23,7 +23,8 @@ struct Keys: AsyncParsableCommand {
         @Option(help: ArgumentHelp("The key's name; it is also the caller's subject ({sub}).", valueName: "name"))
         var name: String
 
-        @Option(name: .customLong("scope"), help: ArgumentHelp("A scope to grant; repeat for more.", valueName: "scope"))
+        @Option(
+            name: .customLong("scope"), help: ArgumentHelp("A scope to grant; repeat for more.", valueName: "scope"))
         var scopes: [String] = []
 
         @Option(help: ArgumentHelp("Lifetime, like 3600s, 90m, 12h or 30d; default: no expiry.", valueName: "duration"))
@@ -61,13 +62,17 @@ struct Keys: AsyncParsableCommand {
 
         static func seconds(_ text: String) -> Int64? {
             guard let unit = text.last, let count = Int64(text.dropLast()), count > 0 else { return nil }
+            let unitSeconds: Int64
             switch unit {
-            case "s": return count
-            case "m": return count * 60
-            case "h": return count * 3600
-            case "d": return count * 86400
+            case "s": unitSeconds = 1
+            case "m": unitSeconds = 60
+            case "h": unitSeconds = 3600
+            case "d": unitSeconds = 86400
             default: return nil
             }
+            // At most about 100 years, so the database's interval arithmetic cannot overflow.
+            let (seconds, overflow) = count.multipliedReportingOverflow(by: unitSeconds)
+            return overflow || seconds > 3_200_000_000 ? nil : seconds
         }
     }
 
@@ -80,12 +85,16 @@ struct Keys: AsyncParsableCommand {
             try await reportingFailure(logger) {
                 try await withKeyStore(database, logger) { store in
                     let rows = try await store.list().map {
-                        [$0.id, $0.name, $0.scopes.joined(separator: " "), $0.createdAt, $0.expiresAt ?? "-", $0.revokedAt ?? "-"]
+                        [
+                            $0.id, $0.name, $0.scopes.joined(separator: " "), $0.createdAt, $0.expiresAt ?? "-",
+                            $0.revokedAt ?? "-",
+                        ]
                     }
                     let header = ["ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "REVOKED"]
                     let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
                     for row in [header] + rows {
-                        print(zip(row, widths).map { $0.padding(toLength: $1) }.joined(separator: "  "))
+                        let line = zip(row, widths).map { $0.padding(toLength: $1) }.joined(separator: "  ")
+                        print(String(line.reversed().drop(while: { $0 == " " }).reversed()))
                     }
                 }
             }

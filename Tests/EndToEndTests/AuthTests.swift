@@ -2,10 +2,10 @@
 // `statefn keys`, JWTs signed with real keys against a JWKS file, scopes, rate limits, and proof that a refused
 // call never starts a worker or writes to the database.
 import Foundation
-import Synchronization
 import StatefnJSON
 import StatefnPostgres
 import StatefnTestSupport
+import Synchronization
 import Testing
 
 @Suite("authentication, end to end")
@@ -18,7 +18,9 @@ struct AuthTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: GatewayProcess.binaryPath)
         process.arguments = arguments
-        process.environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "DATABASE_URL": database]
+        process.environment = [
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "DATABASE_URL": database,
+        ]
         process.currentDirectoryURL = URL(fileURLWithPath: GatewayProcess.repositoryRoot)
         let stdout = Pipe()
         process.standardOutput = stdout
@@ -65,7 +67,8 @@ struct AuthTests {
             #expect(missing.headers["www-authenticate"]?.hasPrefix("Bearer") == true)
             #expect(missing.headers["content-type"] == "application/problem+json")
             #expect(missing.text.contains("credentials are required"))
-            let basic = try client.request("POST", "/v1/whoami/alice/note", body: "{}", headers: ["Authorization": "Basic YTpi"])
+            let basic = try client.request(
+                "POST", "/v1/whoami/alice/note", body: "{}", headers: ["Authorization": "Basic YTpi"])
             #expect(basic.status == 401)
             #expect(basic.headers["www-authenticate"]?.contains("malformed") == true)
             let unknown = try client.request(
@@ -73,19 +76,24 @@ struct AuthTests {
                 headers: Self.bearer("sfn_abcdef_" + String(repeating: "0", count: 64)))
             #expect(unknown.status == 401)
             #expect(unknown.headers["www-authenticate"]?.contains("unknown key") == true)
-            let notAKey = try client.request("POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer("eyJ.x.y"))
+            let notAKey = try client.request(
+                "POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer("eyJ.x.y"))
             #expect(notAKey.status == 401)
             let bob = try client.request("POST", "/v1/whoami/bob/note", body: "{}", headers: Self.bearer(alice))
             #expect(bob.status == 403)
             #expect(bob.headers["www-authenticate"]?.contains("insufficient_scope") == true)
-            #expect(try client.request("GET", "/v1/whoami/alice", headers: Self.bearer(alice)).status == 403, "invoke is not read")
-            let badOnPublic = try client.request("POST", "/v1/whoami/x/hello", body: "{}", headers: Self.bearer("sfn_zz"))
+            #expect(
+                try client.request("GET", "/v1/whoami/alice", headers: Self.bearer(alice)).status == 403,
+                "invoke is not read")
+            let badOnPublic = try client.request(
+                "POST", "/v1/whoami/x/hello", body: "{}", headers: Self.bearer("sfn_zz"))
             #expect(badOnPublic.status == 401, "a bad credential is refused even on a public command")
 
             #expect(Self.children(of: gateway.pid).isEmpty, "a refused call started a worker")
             let pool = PostgresPool(config: try PostgresConfig(database), size: 1, logger: .init(label: "test"))
             defer { pool.close() }
-            let rows = try blockingQuery(pool, "SELECT (SELECT count(*) FROM entities) + (SELECT count(*) FROM entity_events)")
+            let rows = try blockingQuery(
+                pool, "SELECT (SELECT count(*) FROM entities) + (SELECT count(*) FROM entity_events)")
             #expect(rows == "0", "a refused call wrote to the database")
 
             // Allowed calls: the worker and the event log see who called.
@@ -95,7 +103,10 @@ struct AuthTests {
                 try JSONValue.parse(mine.text, limits: .client)["principal"]
                     == ["sub": "alice", "scopes": ["invoke:whoami/{sub}"]])
             let logged = try blockingQuery(pool, "SELECT principal::text FROM entity_events WHERE entity_id = 'alice'")
-            #expect(logged.flatMap { try? JSONValue.parse($0, limits: .client) } == ["sub": "alice", "scopes": ["invoke:whoami/{sub}"]])
+            #expect(
+                logged.flatMap { try? JSONValue.parse($0, limits: .client) } == [
+                    "sub": "alice", "scopes": ["invoke:whoami/{sub}"],
+                ])
             let anonymous = try client.request("POST", "/v1/whoami/x/hello", body: "{}")
             #expect(anonymous.status == 200, "a public command needs no credentials")
             #expect(try JSONValue.parse(anonymous.text, limits: .client)["principal"] == .null)
@@ -113,7 +124,8 @@ struct AuthTests {
         let revoked = try await onThread {
             let client = gateway.client()
             for _ in 0..<90 {
-                let response = try client.request("POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice))
+                let response = try client.request(
+                    "POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice))
                 if response.status == 401 { return response }
                 Thread.sleep(forTimeInterval: 0.5)
             }
@@ -231,7 +243,9 @@ struct AuthTests {
             try await onThread { () throws -> Void in
                 let client = gateway.client()
                 #expect(try client.request("POST", "/v1/counter/a/increment", body: "{}").status == 401)
-                #expect(try client.request("POST", "/v1/counter/a/increment", body: "{}", headers: Self.bearer(key)).status == 200)
+                #expect(
+                    try client.request("POST", "/v1/counter/a/increment", body: "{}", headers: Self.bearer(key)).status
+                        == 200)
                 #expect(try client.request("GET", "/v1/counter/a/get").status == 200, "get is public for counter")
             }
             #expect(gateway.stop() == 0)

@@ -20,7 +20,8 @@ struct APIKeyTests {
         #expect(key.secretHash.count == 32)
         #expect(APIKey.constantTimeEqual(key.secretHash, APIKey.hash(key.secret)))
         #expect(!APIKey.constantTimeEqual(key.secretHash, APIKey.hash(key.secret + "0")))
-        for bad in ["", "sfn_", "sfn_abc", "sfn_abc_", "sfn_ABC_" + key.secret, "sfn_abc_xyz", "key_abc_" + key.secret] {
+        for bad in ["", "sfn_", "sfn_abc", "sfn_abc_", "sfn_ABC_" + key.secret, "sfn_abc_xyz", "key_abc_" + key.secret]
+        {
             #expect(APIKey(parsing: bad) == nil, "\(bad)")
         }
     }

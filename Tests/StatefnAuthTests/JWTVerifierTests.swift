@@ -87,7 +87,8 @@ struct JWTVerifierTests {
         future.nbf = Int(now) + 600
         #expect(await reason(verifier, try await keys.signRSA(future, kid: "r1")) == .invalidClaims)
         #expect(await reason(verifier, try await keys.signRSA(.valid(audience: "other"), kid: "r1")) == .invalidClaims)
-        #expect(await reason(verifier, try await keys.signRSA(.valid(issuer: "https://evil"), kid: "r1")) == .invalidClaims)
+        #expect(
+            await reason(verifier, try await keys.signRSA(.valid(issuer: "https://evil"), kid: "r1")) == .invalidClaims)
         var noExp = TestClaims.valid()
         noExp.exp = nil
         #expect(await reason(verifier, try await keys.signRSA(noExp, kid: "r1")) == .invalidClaims)
@@ -156,7 +157,9 @@ struct JWTVerifierTests {
             ps = .object(object)
         }
         let set = try await JWTKeySet.parse(
-            TestKeys.jwks([try keys.rsaJWK(kid: "r1"), weak, ps, ["kty": "RSA", "kid": "enc", "use": "enc", "n": "x", "e": "y"]]))
+            TestKeys.jwks([
+                try keys.rsaJWK(kid: "r1"), weak, ps, ["kty": "RSA", "kid": "enc", "use": "enc", "n": "x", "e": "y"],
+            ]))
         #expect(set.kids == ["r1"])
         #expect(set.skipped.count == 3)
     }

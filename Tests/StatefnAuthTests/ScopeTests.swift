@@ -6,9 +6,10 @@ import Testing
 struct ScopeTests {
     @Test("parses every documented form and prints it back")
     func parses() {
-        for text in ["invoke:cart", "read:*", "admin:*", "invoke:cart/alice", "invoke:cart/{sub}", "read:cart/user-*",
-            "invoke:*/x", "read:cart/*"]
-        {
+        for text in [
+            "invoke:cart", "read:*", "admin:*", "invoke:cart/alice", "invoke:cart/{sub}", "read:cart/user-*",
+            "invoke:*/x", "read:cart/*",
+        ] {
             #expect(Scope(text)?.description == text, "\(text)")
         }
         #expect(Scope("invoke:cart/{sub}")?.entity == .subject)
@@ -16,10 +17,12 @@ struct ScopeTests {
         #expect(Scope("admin:*")?.function == .any)
     }
 
-    @Test("refuses what is not a scope", arguments: [
-        "", "invoke", "write:cart", "Invoke:cart", "invoke:", "invoke:Cart", "invoke:cart/", "offline_access",
-        "invoke:9cart", "invoke:cart/a\u{1}b",
-    ])
+    @Test(
+        "refuses what is not a scope",
+        arguments: [
+            "", "invoke", "write:cart", "Invoke:cart", "invoke:", "invoke:Cart", "invoke:cart/", "offline_access",
+            "invoke:9cart", "invoke:cart/a\u{1}b",
+        ])
     func refuses(_ text: String) {
         #expect(Scope(text) == nil)
     }
