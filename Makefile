@@ -10,9 +10,10 @@ deps:
 build: deps
 	$(SWIFT) build
 
-# statefn with the embedded PostgreSQL (under .statefn/) and the example functions, on 127.0.0.1:8080.
+# statefn with the embedded PostgreSQL (under .statefn/) and the example functions, on 127.0.0.1:8080; it prints a
+# development API key (admin:*), kept in .statefn/dev-key.
 run: build
-	$(BIN) serve --functions functions --data-dir .statefn
+	$(BIN) serve --functions functions --data-dir .statefn --dev-key
 
 # Every test: unit, against a real PostgreSQL the tests start, real worker processes, and the built binary over HTTP.
 test: build

@@ -11,6 +11,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.7.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.1.0"),
     ],
     targets: [
         // C libraries: module maps and static inline shims for the macros Swift cannot see.
@@ -34,16 +36,25 @@ let package = Package(
         .target(
             name: "StatefnWorkers",
             dependencies: ["CLinux", "StatefnJSON", .product(name: "Logging", package: "swift-log")]),
+        // Who is calling and what they may touch: API keys, JWT/OIDC, scopes, rate limits.
+        .target(
+            name: "StatefnAuth",
+            dependencies: [
+                "StatefnJSON", "StatefnPostgres",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .target(
             name: "StatefnCore",
             dependencies: [
-                "StatefnJSON", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers",
+                "StatefnJSON", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnAuth",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
             name: "statefn",
             dependencies: [
-                "StatefnCore", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnJSON",
+                "StatefnCore", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnJSON", "StatefnAuth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -51,9 +62,19 @@ let package = Package(
         // Real parts for tests: a throwaway PostgreSQL cluster, the built binary, an HTTP client.
         .target(
             name: "StatefnTestSupport",
-            dependencies: ["CLinux", "StatefnPostgres", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "CLinux", "StatefnPostgres", "StatefnJSON", .product(name: "Logging", package: "swift-log"),
+                .product(name: "JWTKit", package: "jwt-kit"), .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]),
 
         .testTarget(name: "StatefnJSONTests", dependencies: ["StatefnJSON"]),
+        .testTarget(
+            name: "StatefnAuthTests",
+            dependencies: [
+                "StatefnAuth", "StatefnJSON", "StatefnHTTP", "StatefnPostgres", "StatefnCore", "StatefnTestSupport",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ]),
         .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres", "StatefnTestSupport"]),
         .testTarget(name: "StatefnHTTPTests", dependencies: ["StatefnHTTP", "StatefnJSON"]),
         .testTarget(
@@ -63,7 +84,11 @@ let package = Package(
             name: "StatefnCoreTests",
             dependencies: ["StatefnCore", "StatefnJSON", "StatefnPostgres", "StatefnWorkers", "StatefnTestSupport"]),
         .testTarget(
-            name: "EndToEndTests", dependencies: ["StatefnJSON", "StatefnPostgres", "StatefnTestSupport"],
+            name: "EndToEndTests",
+            dependencies: [
+                "StatefnJSON", "StatefnPostgres", "StatefnTestSupport", .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+            ],
             exclude: ["Fixtures"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,6 +1,7 @@
 // The request path (DESIGN.md section 1): route, load state, run the worker, commit with compare-and-set, reply.
 // One `Gateway` serves every request; the HTTP server calls `handle` for each.
 import Logging
+import StatefnAuth
 import StatefnHTTP
 import StatefnJSON
 import StatefnPostgres
@@ -25,11 +26,14 @@ public final class Gateway: Sendable {
     private let cache: StateCache
     private let logger: Logger
     private let draining = Atomic<Bool>(false)
+    /// nil only with `--insecure-no-auth`: every call is then anonymous and allowed.
+    private let authenticator: Authenticator?
 
     public init(
         configuration: GatewayConfiguration, catalog: FunctionCatalog, workers: WorkerPool, pool: PostgresPool,
-        logger: Logger
+        authenticator: Authenticator?, logger: Logger
     ) {
+        self.authenticator = authenticator
         self.configuration = configuration
         self.catalog = Mutex(catalog)
         self.workers = workers
@@ -68,18 +72,26 @@ public final class Gateway: Sendable {
             context.entity = entity
             context.command = command
             let definition = try lookup(function, stateless: false)
+            let principal = try await authorize(
+                request, &context, .invoke, function: function, entity: entity,
+                isPublic: definition.manifest.publicCommands.contains(command))
             if readonly {
-                return try await runQuery(definition, entity: entity, command: command, request: request)
+                return try await runQuery(
+                    definition, entity: entity, command: command, request: request, principal: principal)
             }
-            return try await runCommand(definition, entity: entity, command: command, request: request)
+            return try await runCommand(
+                definition, entity: entity, command: command, request: request, principal: principal)
         case .action(let function, let command):
             context.function = function
             context.command = command
             let definition = try lookup(function, stateless: true)
+            let principal = try await authorize(
+                request, &context, .invoke, function: function, entity: nil,
+                isPublic: definition.manifest.publicCommands.contains(command))
             let payload = try Self.parseBody(request)
             let answer = try await invoke(
                 definition, entity: nil, command: command, payload: payload, snapshot: .absent, readonly: true,
-                requestID: request.requestID)
+                requestID: request.requestID, principal: principal)
             guard !answer.changesAnything else {
                 throw GatewayError(500, "the action tried to change state; nothing was committed")
             }
@@ -88,6 +100,7 @@ public final class Gateway: Sendable {
             context.function = function
             context.entity = entity
             _ = try lookup(function, stateless: false)
+            _ = try await authorize(request, &context, .read, function: function, entity: entity, isPublic: false)
             let snapshot = try await store.load(EntityKey(function: function, entity: entity))
             guard snapshot.version > 0 else { throw GatewayError(404, "entity \(entity) has never been written") }
             return .json(
@@ -109,10 +122,32 @@ public final class Gateway: Sendable {
         return definition
     }
 
+    // MARK: Authentication
+
+    /// Who is calling, decided before any state is read or any worker runs: 401 for missing or bad credentials
+    /// (a bad credential is refused even on a public command), 429 over the caller's rate limit, 403 without a
+    /// scope for the call. nil for an anonymous call to a public command, or when authentication is off.
+    private func authorize(
+        _ request: HTTPRequest, _ context: inout RequestContext, _ action: ScopeAction, function: String?,
+        entity: String?, isPublic: Bool
+    ) async throws -> Principal? {
+        guard let authenticator else { return nil }
+        guard let principal = try await authenticator.authenticate(authorization: request.headers["authorization"])
+        else {
+            if isPublic { return nil }
+            throw AuthError(.missing, "credentials are required: Authorization: Bearer <API key or JWT>")
+        }
+        context.subject = principal.subject
+        try authenticator.admit(principal)
+        if !isPublic { try Authenticator.authorize(principal, action, function: function, entity: entity) }
+        return principal
+    }
+
     // MARK: Commands and queries
 
     private func runCommand(
-        _ definition: FunctionDefinition, entity: String, command: String, request: HTTPRequest
+        _ definition: FunctionDefinition, entity: String, command: String, request: HTTPRequest,
+        principal: Principal?
     ) async throws -> HTTPResponse {
         let payload = try Self.parseBody(request)
         let expected = try Self.ifMatch(request)
@@ -131,8 +166,9 @@ public final class Gateway: Sendable {
                 }
                 let answer = try await invoke(
                     definition, entity: entity, command: command, payload: payload, snapshot: snapshot,
-                    readonly: false, requestID: request.requestID)
-                let commit = try Self.commitRequest(answer, key: key, snapshot: snapshot, manifest: definition.manifest)
+                    readonly: false, requestID: request.requestID, principal: principal)
+                let commit = try Self.commitRequest(
+                    answer, key: key, snapshot: snapshot, manifest: definition.manifest, principal: principal)
                 guard let commit else {
                     cache.put(key, snapshot)
                     return .json(answer.reply, headers: [Self.etag(snapshot.version)])
@@ -167,7 +203,8 @@ public final class Gateway: Sendable {
     }
 
     private func runQuery(
-        _ definition: FunctionDefinition, entity: String, command: String, request: HTTPRequest
+        _ definition: FunctionDefinition, entity: String, command: String, request: HTTPRequest,
+        principal: Principal?
     ) async throws -> HTTPResponse {
         var payload = JSONObject()
         for (name, value) in request.query { payload[name] = .string(value) }
@@ -178,7 +215,7 @@ public final class Gateway: Sendable {
         }
         let answer = try await invoke(
             definition, entity: entity, command: command, payload: .object(payload), snapshot: snapshot,
-            readonly: true, requestID: request.requestID)
+            readonly: true, requestID: request.requestID, principal: principal)
         let unchangedState: Bool
         switch answer.change {
         case .unchanged: unchangedState = true
@@ -193,7 +230,7 @@ public final class Gateway: Sendable {
 
     private func invoke(
         _ definition: FunctionDefinition, entity: String?, command: String, payload: JSONValue,
-        snapshot: EntitySnapshot, readonly: Bool, requestID: String
+        snapshot: EntitySnapshot, readonly: Bool, requestID: String, principal: Principal?
     ) async throws -> WorkerAnswer {
         let message: JSONValue = [
             "id": .string(requestID),
@@ -204,7 +241,7 @@ public final class Gateway: Sendable {
             "state": snapshot.state,
             "version": .integer(snapshot.version),
             "readonly": .bool(readonly),
-            "principal": .null,
+            "principal": principal?.json ?? .null,
             "deadline_ms": .integer(Int64(definition.manifest.timeoutMs)),
         ]
         return try WorkerAnswer(try await workers.invoke(definition, request: message))
@@ -212,7 +249,8 @@ public final class Gateway: Sendable {
 
     /// What to write for an answer, or nil when nothing changed (no write, no new version).
     private static func commitRequest(
-        _ answer: WorkerAnswer, key: EntityKey, snapshot: EntitySnapshot, manifest: FunctionManifest
+        _ answer: WorkerAnswer, key: EntityKey, snapshot: EntitySnapshot, manifest: FunctionManifest,
+        principal: Principal?
     ) throws(GatewayError) -> CommitRequest? {
         var change: CommitRequest.Change
         switch answer.change {
@@ -235,7 +273,7 @@ public final class Gateway: Sendable {
                     function: $0.function, entity: $0.entity, command: $0.command, payload: $0.payload.encodedString(),
                     delayMs: $0.delayMs)
             },
-            principal: "null")
+            principal: principal?.json.encodedString() ?? "null")
         return request.isEmpty ? nil : request
     }
 
@@ -293,6 +331,7 @@ public final class Gateway: Sendable {
         if let function = context.function { metadata["function"] = "\(function)" }
         if let entity = context.entity { metadata["entity"] = "\(entity)" }
         if let command = context.command { metadata["command"] = "\(command)" }
+        if let subject = context.subject { metadata["sub"] = "\(subject)" }
         if let detail = context.logDetail { metadata["error"] = "\(detail)" }
         let level: Logger.Level = response.status >= 500 ? .error : (response.status >= 400 ? .notice : .info)
         logger.log(level: level, "request", metadata: metadata)
@@ -303,6 +342,7 @@ struct RequestContext {
     var function: String?
     var entity: String?
     var command: String?
+    var subject: String?
     var logDetail: String?
 }
 

@@ -1,5 +1,6 @@
 // Every way a call can fail, mapped once to the status DESIGN.md section 2 names. The detail is safe for clients:
 // no SQL, stack traces, worker stderr or secrets; the log line gets `logDetail` instead.
+import StatefnAuth
 import StatefnHTTP
 import StatefnJSON
 import StatefnPostgres
@@ -24,6 +25,8 @@ struct GatewayError: Error {
     static func from(_ error: any Error) -> GatewayError {
         switch error {
         case let error as GatewayError: return error
+        case let error as AuthError:
+            return GatewayError(error.status, error.detail, logDetail: "auth: \(error.reason.rawValue)", headers: error.headers)
         case let error as RouteError:
             let allow = error.allow.isEmpty ? [] : [(name: "Allow", value: error.allow.joined(separator: ", "))]
             return GatewayError(error.status, error.detail, headers: allow)

@@ -62,6 +62,16 @@ public final class EmbeddedPostgres: Sendable {
         return conninfo
     }
 
+    /// Whether a server is running on this cluster now, so a short-lived command (`statefn keys`) that finds one
+    /// running, a gateway's say, leaves it running.
+    public var isRunning: Bool {
+        guard FileManager.default.fileExists(atPath: directory + "/PG_VERSION"),
+            let binaries = try? ServerBinaries.find()
+        else { return false }
+        let account = getuid() == 0 ? owner(of: directory) : nil
+        return (try? ServerCommand([binaries.pgCtl, "-D", directory, "status"], as: account).run().succeeded) ?? false
+    }
+
     /// Stops the cluster (fast shutdown) and waits for it to exit.
     public func stop() {
         guard FileManager.default.fileExists(atPath: directory + "/PG_VERSION"),

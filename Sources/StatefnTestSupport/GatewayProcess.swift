@@ -26,8 +26,12 @@ public final class GatewayProcess: @unchecked Sendable {
     }
 
     /// Starts `statefn serve` on a free port and waits until it listens. The environment holds only PATH, HOME and
-    /// `environment`, so nothing from the test process leaks in.
-    public init(arguments: [String] = [], environment: [String: String] = [:], startTimeout: Double = 120) throws {
+    /// `environment`, so nothing from the test process leaks in. Authentication is off (`--insecure-no-auth`)
+    /// unless `authenticated` is true, so tests about other things need no credentials.
+    public init(
+        arguments: [String] = [], environment: [String: String] = [:], authenticated: Bool = false,
+        startTimeout: Double = 120
+    ) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binaryPath) else {
             throw TestHTTPError(description: "\(Self.binaryPath) is missing: run `swift build` first")
         }
@@ -44,7 +48,8 @@ public final class GatewayProcess: @unchecked Sendable {
 
         var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": NSTemporaryDirectory()]
         env.merge(environment) { $1 }
-        let argv = ([Self.binaryPath, "serve", "--listen", "127.0.0.1:0"] + arguments).map { strdup($0) } + [nil]
+        let serve = [Self.binaryPath, "serve", "--listen", "127.0.0.1:0"] + (authenticated ? [] : ["--insecure-no-auth"])
+        let argv = (serve + arguments).map { strdup($0) } + [nil]
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }
         var child = pid_t()

@@ -25,12 +25,17 @@ struct DatabaseOptions: ParsableArguments {
     var dbPoolSize: Int = Environment.value("STATEFN_DB_POOL_SIZE").flatMap { Int($0) } ?? 16
 
     /// The database to use, starting the embedded cluster when DATABASE_URL is not set.
-    func open(logger: Logger) throws -> (config: PostgresConfig, embedded: EmbeddedPostgres?) {
+    /// With `leaveRunning`, an embedded cluster that was already running (a gateway's) is returned as nil, so the
+    /// caller does not stop it.
+    func open(logger: Logger, leaveRunning: Bool = false) throws -> (config: PostgresConfig, embedded: EmbeddedPostgres?) {
         if let url = Environment.value("DATABASE_URL") {
             return (try PostgresConfig(url), nil)
         }
         let directory = clusterDirectory()
         let embedded = EmbeddedPostgres(directory: directory, logger: logger)
+        if leaveRunning, embedded.isRunning {
+            return (try PostgresConfig(try embedded.start()), nil)
+        }
         let conninfo = try embedded.start()
         logger.info(
             "embedded PostgreSQL running", metadata: ["directory": "\(directory)", "conninfo": "\(conninfo)"])

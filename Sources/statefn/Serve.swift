@@ -2,10 +2,15 @@
 // cleanly on SIGTERM or Ctrl-C.
 import ArgumentParser
 import Logging
+import StatefnAuth
 import StatefnCore
 import StatefnHTTP
 import StatefnPostgres
 import StatefnWorkers
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,6 +20,10 @@ struct Serve: AsyncParsableCommand {
             Unix socket only, and stops it on exit. Pending migrations are applied at start-up. SIGTERM or Ctrl-C \
             stops accepting connections, finishes the requests in flight (up to --grace-period), stops the workers \
             and the embedded cluster, and exits 0.
+
+            Every call needs Authorization: Bearer <API key or JWT>, except commands a function's manifest lists \
+            as public. API keys come from `statefn keys create` (or --dev-key); JWTs are checked against \
+            --jwks-file, --jwks-url or --oidc-issuer. --insecure-no-auth turns this off, on loopback only.
 
             Environment: DATABASE_URL (postgres://user:pass@host:port/db or a libpq key=value string), and the \
             STATEFN_* variable named beside each option.
@@ -27,6 +36,8 @@ struct Serve: AsyncParsableCommand {
     var functions: String = Environment.value("STATEFN_FUNCTIONS") ?? "functions"
 
     @OptionGroup var database: DatabaseOptions
+
+    @OptionGroup(title: "Authentication") var auth: AuthOptions
 
     @Option(help: ArgumentHelp("Largest request body accepted; larger gets 413 (env STATEFN_MAX_BODY_BYTES).", valueName: "bytes"))
     var maxBodyBytes: Int = Environment.value("STATEFN_MAX_BODY_BYTES").flatMap { Int($0) } ?? 1 << 20
@@ -44,7 +55,8 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String = Environment.value("STATEFN_LOG_LEVEL") ?? "info"
 
     func validate() throws {
-        _ = try ListenAddress(listen)
+        let address = try ListenAddress(listen)
+        try auth.validate(listenHost: address.host)
         guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
         guard (1...256).contains(httpThreads) else { throw ValidationError("--http-threads must be 1 to 256") }
         guard (1...1000).contains(database.dbPoolSize) else { throw ValidationError("--db-pool-size must be 1 to 1000") }
@@ -67,6 +79,16 @@ struct Serve: AsyncParsableCommand {
         let pool = PostgresPool(config: config, size: database.dbPoolSize, logger: logger)
         defer { pool.close() }
         try await database.migrator().apply(on: pool, logger: logger)
+        let authenticator = try await auth.authenticator(pool: pool, logger: logger)
+        if authenticator != nil, auth.wantsDevKey {
+            let (token, path) = try await DevKey.ensure(
+                store: APIKeyStore(pool: pool), dataDirectory: absolutePath(database.dataDir))
+            // Straight to fd 1, unbuffered, so it shows at once even when stdout is a pipe.
+            let line = "development API key (admin:*): \(token)\n  kept in \(path); use it as:"
+                + " curl -H \"Authorization: Bearer $(cat \(path))\" …\n"
+            _ = Array(line.utf8).withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+            logger.info("development API key ready", metadata: ["file": "\(path)"])
+        }
 
         let functionsDirectory = absolutePath(functions)
         guard isDirectory(functionsDirectory) else {
@@ -84,7 +106,8 @@ struct Serve: AsyncParsableCommand {
         var gatewayConfiguration = GatewayConfiguration()
         gatewayConfiguration.conflictAttempts = conflictAttempts
         let gateway = Gateway(
-            configuration: gatewayConfiguration, catalog: catalog, workers: workers, pool: pool, logger: logger)
+            configuration: gatewayConfiguration, catalog: catalog, workers: workers, pool: pool,
+            authenticator: authenticator, logger: logger)
         let server = HTTPServer(
             configuration: HTTPServerConfiguration(
                 host: address.host, port: address.port, threads: httpThreads, maxBodyBytes: maxBodyBytes),

@@ -1,0 +1,272 @@
+// Authentication and authorization at the front door, through the built binary over real HTTP: API keys made with
+// `statefn keys`, JWTs signed with real keys against a JWKS file, scopes, rate limits, and proof that a refused
+// call never starts a worker or writes to the database.
+import Foundation
+import StatefnJSON
+import StatefnPostgres
+import StatefnTestSupport
+import Synchronization
+import Testing
+
+@Suite("authentication, end to end")
+struct AuthTests {
+    static let fixtures = GatewayProcess.repositoryRoot + "/Tests/EndToEndTests/Fixtures/functions"
+    static let functions = GatewayProcess.repositoryRoot + "/functions"
+
+    /// Runs the binary (`statefn keys …`) to completion; returns its exit status and stdout.
+    static func statefn(_ arguments: [String], database: String) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: GatewayProcess.binaryPath)
+        process.arguments = arguments
+        process.environment = [
+            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "DATABASE_URL": database,
+        ]
+        process.currentDirectoryURL = URL(fileURLWithPath: GatewayProcess.repositoryRoot)
+        let stdout = Pipe()
+        process.standardOutput = stdout
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = stdout.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    static func createKey(_ database: String, name: String, scopes: [String]) throws -> String {
+        let (status, output) = try statefn(
+            ["keys", "create", "--name", name] + scopes.flatMap { ["--scope", $0] }, database: database)
+        #expect(status == 0)
+        return output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The gateway's child processes (its workers), from /proc.
+    static func children(of pid: Int32) -> [String] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.flatMap { task in
+            ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? "")
+                .split(separator: " ").map(String.init)
+        }
+    }
+
+    static func bearer(_ token: String) -> [String: String] { ["Authorization": "Bearer " + token] }
+
+    @Test("API keys: 401 reasons, scopes with {sub}, public commands, principal to the worker and the event log")
+    func apiKeys() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let gateway = try await onThread {
+            try GatewayProcess(
+                arguments: ["--functions", Self.fixtures], environment: ["DATABASE_URL": database], authenticated: true)
+        }
+        let alice = try await onThread { try Self.createKey(database, name: "alice", scopes: ["invoke:whoami/{sub}"]) }
+        let admin = try await onThread { try Self.createKey(database, name: "ops", scopes: ["admin:*"]) }
+        #expect(alice.hasPrefix("sfn_"))
+        try await onThread {
+            let client = gateway.client()
+            // Refusals first: no worker may have started for any of them, and nothing is written.
+            let missing = try client.request("POST", "/v1/whoami/alice/note", body: "{}")
+            #expect(missing.status == 401)
+            #expect(missing.headers["www-authenticate"]?.hasPrefix("Bearer") == true)
+            #expect(missing.headers["content-type"] == "application/problem+json")
+            #expect(missing.text.contains("credentials are required"))
+            let basic = try client.request(
+                "POST", "/v1/whoami/alice/note", body: "{}", headers: ["Authorization": "Basic YTpi"])
+            #expect(basic.status == 401)
+            #expect(basic.headers["www-authenticate"]?.contains("malformed") == true)
+            let unknown = try client.request(
+                "POST", "/v1/whoami/alice/note", body: "{}",
+                headers: Self.bearer("sfn_abcdef_" + String(repeating: "0", count: 64)))
+            #expect(unknown.status == 401)
+            #expect(unknown.headers["www-authenticate"]?.contains("unknown key") == true)
+            let notAKey = try client.request(
+                "POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer("eyJ.x.y"))
+            #expect(notAKey.status == 401)
+            let bob = try client.request("POST", "/v1/whoami/bob/note", body: "{}", headers: Self.bearer(alice))
+            #expect(bob.status == 403)
+            #expect(bob.headers["www-authenticate"]?.contains("insufficient_scope") == true)
+            #expect(
+                try client.request("GET", "/v1/whoami/alice", headers: Self.bearer(alice)).status == 403,
+                "invoke is not read")
+            let badOnPublic = try client.request(
+                "POST", "/v1/whoami/x/hello", body: "{}", headers: Self.bearer("sfn_zz"))
+            #expect(badOnPublic.status == 401, "a bad credential is refused even on a public command")
+
+            #expect(Self.children(of: gateway.pid).isEmpty, "a refused call started a worker")
+            let pool = PostgresPool(config: try PostgresConfig(database), size: 1, logger: .init(label: "test"))
+            defer { pool.close() }
+            let rows = try blockingQuery(
+                pool, "SELECT (SELECT count(*) FROM entities) + (SELECT count(*) FROM entity_events)")
+            #expect(rows == "0", "a refused call wrote to the database")
+
+            // Allowed calls: the worker and the event log see who called.
+            let mine = try client.request("POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice))
+            #expect(mine.status == 200)
+            #expect(
+                try JSONValue.parse(mine.text, limits: .client)["principal"]
+                    == ["sub": "alice", "scopes": ["invoke:whoami/{sub}"]])
+            let logged = try blockingQuery(pool, "SELECT principal::text FROM entity_events WHERE entity_id = 'alice'")
+            #expect(
+                logged.flatMap { try? JSONValue.parse($0, limits: .client) } == [
+                    "sub": "alice", "scopes": ["invoke:whoami/{sub}"],
+                ])
+            let anonymous = try client.request("POST", "/v1/whoami/x/hello", body: "{}")
+            #expect(anonymous.status == 200, "a public command needs no credentials")
+            #expect(try JSONValue.parse(anonymous.text, limits: .client)["principal"] == .null)
+            // admin covers read: past the door, to the store (whoami keeps no state, so 404).
+            #expect(try client.request("GET", "/v1/whoami/alice", headers: Self.bearer(admin)).status == 404)
+            #expect(try client.request("GET", "/healthz").status == 200)
+        }
+
+        // Revoked with the CLI: refused within the 30-second cache window.
+        let id = String(alice.dropFirst(4).prefix(while: { $0 != "_" }))
+        let (status, _) = try await onThread { try Self.statefn(["keys", "revoke", id], database: database) }
+        #expect(status == 0)
+        let listed = try await onThread { try Self.statefn(["keys", "list"], database: database).output }
+        #expect(listed.contains(id) && !listed.contains(String(alice.suffix(64))), "list never shows a secret")
+        let revoked = try await onThread {
+            let client = gateway.client()
+            for _ in 0..<90 {
+                let response = try client.request(
+                    "POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice))
+                if response.status == 401 { return response }
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+            return try client.request("POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice))
+        }
+        #expect(revoked.status == 401)
+        #expect(revoked.headers["www-authenticate"]?.contains("revoked") == true)
+        #expect(gateway.stop() == 0)
+    }
+
+    @Test("JWTs from a JWKS file: algorithms, alg confusion, none, aud, iss, exp, nbf, Keycloak roles")
+    func jwt() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let keys = try TestKeys()
+        let jwksPath = NSTemporaryDirectory() + "statefn-jwks-" + UUID().uuidString + ".json"
+        try Data(TestKeys.jwks([try keys.rsaJWK(kid: "r1"), keys.ecJWK(kid: "e1"), keys.hmacJWK(kid: "h1")]))
+            .write(to: URL(fileURLWithPath: jwksPath))
+        defer { try? FileManager.default.removeItem(atPath: jwksPath) }
+        let gateway = try await onThread {
+            try GatewayProcess(
+                arguments: [
+                    "--functions", Self.fixtures, "--jwks-file", jwksPath, "--jwt-audience", "statefn",
+                    "--jwt-issuer", "https://id.example",
+                ], environment: ["DATABASE_URL": database], authenticated: true)
+        }
+        let now = Date().timeIntervalSince1970
+        var keycloak = TestClaims.valid(sub: "alice", scope: "openid profile")
+        keycloak.realm_access = .init(roles: ["invoke:whoami/{sub}", "offline_access"])
+        var future = TestClaims.valid()
+        future.nbf = Int(now) + 3600
+        let tokens = (
+            rsa: try await keys.signRSA(keycloak, kid: "r1"),
+            ec: try await keys.signEC(keycloak, kid: "e1"),
+            hmac: try await keys.signHMAC(keycloak, kid: "h1"),
+            confused: try await keys.confusedToken(keycloak, kid: "r1"),
+            none: try TestKeys.unsignedToken(keycloak, kid: "r1"),
+            audience: try await keys.signRSA(.valid(audience: "other"), kid: "r1"),
+            issuer: try await keys.signRSA(.valid(issuer: "https://evil.example"), kid: "r1"),
+            expired: try await keys.signRSA(.valid(now: now - 7200), kid: "r1"),
+            future: try await keys.signRSA(future, kid: "r1"),
+            unknownKid: try await keys.signRSA(keycloak, kid: "r9")
+        )
+        try await onThread {
+            let client = gateway.client()
+            func call(_ token: String, entity: String = "alice") throws -> TestHTTPResponse {
+                try client.request("POST", "/v1/whoami/\(entity)/note", body: "{}", headers: Self.bearer(token))
+            }
+            for token in [tokens.rsa, tokens.ec, tokens.hmac] {
+                let response = try call(token)
+                #expect(response.status == 200, "\(response.text)")
+                #expect(
+                    try JSONValue.parse(response.text, limits: .client)["principal"]?["scopes"]
+                        == ["openid", "profile", "invoke:whoami/{sub}", "offline_access"])
+            }
+            #expect(try call(tokens.rsa, entity: "bob").status == 403)
+            let refusals: [(String, String)] = [
+                (tokens.confused, "bad signature"), (tokens.none, "bad signature"), (tokens.audience, "invalid claims"),
+                (tokens.issuer, "invalid claims"), (tokens.expired, "expired"), (tokens.future, "invalid claims"),
+                (tokens.unknownKid, "unknown key"), (String(repeating: "a", count: 10_000), "malformed"),
+            ]
+            for (token, reason) in refusals {
+                let response = try call(token)
+                #expect(response.status == 401, "\(reason): \(response.text)")
+                #expect(response.headers["www-authenticate"]?.contains(reason) == true, "\(reason)")
+            }
+        }
+        #expect(gateway.stop() == 0)
+    }
+
+    @Test("rate limits answer 429 with Retry-After, per key")
+    func rateLimit() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let gateway = try await onThread {
+            try GatewayProcess(
+                arguments: ["--functions", Self.fixtures, "--rate-limit", "1/min", "--rate-burst", "2"],
+                environment: ["DATABASE_URL": database], authenticated: true)
+        }
+        let first = try await onThread { try Self.createKey(database, name: "one", scopes: ["invoke:whoami"]) }
+        let second = try await onThread { try Self.createKey(database, name: "two", scopes: ["invoke:whoami"]) }
+        try await onThread {
+            let client = gateway.client()
+            let statuses = try (0..<3).map { _ in
+                try client.request("GET", "/v1/whoami/x/peek", headers: Self.bearer(first))
+            }
+            #expect(statuses.map(\.status) == [200, 200, 429])
+            #expect(statuses[2].headers["retry-after"].flatMap { Int($0) }.map { $0 >= 1 } == true)
+            #expect(statuses[2].headers["content-type"] == "application/problem+json")
+            #expect(try client.request("GET", "/v1/whoami/x/peek", headers: Self.bearer(second)).status == 200)
+        }
+        #expect(gateway.stop() == 0)
+    }
+
+    @Test("--insecure-no-auth is refused off loopback; --dev-key creates a working admin key once")
+    func startUp() async throws {
+        let (status, _) = try await onThread {
+            try Self.statefn(["serve", "--insecure-no-auth", "--listen", "0.0.0.0:0"], database: "host=/nonexistent")
+        }
+        #expect(status != 0)
+
+        let database = try await TestDatabase.createDatabase()
+        let dataDir = NSTemporaryDirectory() + "statefn-devkey-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: dataDir) }
+        var keys: [String] = []
+        for _ in 0..<2 {
+            let gateway = try await onThread {
+                try GatewayProcess(
+                    arguments: ["--functions", Self.functions, "--data-dir", dataDir, "--dev-key"],
+                    environment: ["DATABASE_URL": database], authenticated: true)
+            }
+            let key = try String(contentsOfFile: dataDir + "/dev-key", encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let mode = try FileManager.default.attributesOfItem(atPath: dataDir + "/dev-key")[.posixPermissions] as? Int
+            #expect(mode == 0o600)
+            keys.append(key)
+            try await onThread { () throws -> Void in
+                let client = gateway.client()
+                #expect(try client.request("POST", "/v1/counter/a/increment", body: "{}").status == 401)
+                #expect(
+                    try client.request("POST", "/v1/counter/a/increment", body: "{}", headers: Self.bearer(key)).status
+                        == 200)
+                #expect(try client.request("GET", "/v1/counter/a/get").status == 200, "get is public for counter")
+            }
+            #expect(gateway.stop() == 0)
+        }
+        #expect(keys[0] == keys[1], "the development key is kept across restarts")
+    }
+}
+
+/// One value from a query, run on this (non-cooperative) thread.
+private func blockingQuery(_ pool: PostgresPool, _ sql: String) throws -> String? {
+    let result = Mutex<Result<String?, any Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        do {
+            let rows = try await pool.execute(sql).rows
+            result.withLock { $0 = .success(rows.first?[0] ?? nil) }
+        } catch {
+            result.withLock { $0 = .failure(error) }
+        }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}
