@@ -34,10 +34,22 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
         if stopping && live.isEmpty { finishStopping() }
     }
 
-    func pidsByPool() -> [WorkerPool.PoolKey: [Int32]] {
-        var pids: [WorkerPool.PoolKey: [Int32]] = [:]
-        for (pid, entry) in live { pids[entry.pool, default: []].append(pid) }
-        return pids
+    /// Every live worker, by pool, with what it is doing and its resident set.
+    func workersByPool() -> [WorkerPool.PoolKey: [WorkerStatus]] {
+        var workers: [WorkerPool.PoolKey: [WorkerStatus]] = [:]
+        for (pid, entry) in live {
+            let process = entry.process
+            workers[entry.pool, default: []].append(
+                WorkerStatus(
+                    pid: pid, state: process.state.rawValue, requestsServed: process.served,
+                    residentBytes: process.residentBytes() ?? 0))
+        }
+        return workers
+    }
+
+    /// The RSS watch: kills every worker over its `memory_mb`; their owners see the exit.
+    func enforceMemoryLimits() {
+        for entry in live.values { _ = entry.process.enforceMemoryLimit() }
     }
 
     /// SIGTERM to every group, SIGKILL after a grace, and `waiter` resumes once all are reaped (or, for a process
