@@ -105,7 +105,9 @@ struct PoolStateMachine<Request> {
     /// A busy worker answered (or a worker started ahead of demand is ready) and can take another request.
     mutating func workerFinished(_ worker: WorkerID, now: Instant = 0) -> Action {
         precondition(busy.contains(worker), "worker \(worker) finished a request it did not have")
+        // The code works: whatever crashed before does not hold back the next spawn.
         consecutiveCrashes = 0
+        spawnNotBefore = .min
         if draining {
             busy.remove(worker)
             return .stop(worker)
