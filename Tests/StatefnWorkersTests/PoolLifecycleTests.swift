@@ -40,7 +40,7 @@ import Testing
             }
             _ = try await pool.invoke(echo, request: request("warm-up"))
             let results = await withTaskGroup(of: (Int, WorkerError?).self) { group in
-                group.addTask { (0, await failure { try await pool.invoke(echo, request: request("q0", payload: ["sleep_ms": 1500])) }) }
+                group.addTask { (0, await failure { try await pool.invoke(echo, request: request("q0", payload: ["sleep_ms": 5000])) }) }
                 _ = await eventually { await pool.status().first?.busy == 1 }
                 for index in 1...2 {
                     group.addTask { (index, await failure { try await pool.invoke(echo, request: request("q\(index)")) }) }
