@@ -1,6 +1,7 @@
 // The public face of StatefnWorkers: invoke a function's worker and get its answer line back as JSON. Pool and
 // queue state live in one PoolStateMachine per function under a lock; every process, pipe and timer lives on the
 // event loop thread; async callers wait on continuations and never block the cooperative pool.
+import Dispatch
 import Glibc
 import Logging
 import StatefnJSON
@@ -56,6 +57,7 @@ public final class WorkerPool: Sendable {
     let loop: EventLoop
     let pools = Mutex(Pools())
     let io: WorkerIO
+    let spawners = SpawnQueues()
 
     public init(logger: Logger) {
         self.logger = logger
@@ -323,19 +325,44 @@ public final class WorkerPool: Sendable {
         warm.send(request)
     }
 
+    /// Spawns off the loop thread: posix_spawn blocks its caller until the child has exec'd, and a burst of fork
+    /// runs would otherwise stall every worker's I/O behind it.
     private func start(_ worker: Int, of function: FunctionDefinition, with request: PendingRequest?) {
+        guard !io.stopping else {
+            request?.finish(.failure(WorkerError(.shuttingDown, "the worker pool is stopping")))
+            return workerRetired(worker, of: function)
+        }
+        io.pendingSpawns += 1
+        spawners.next().async {
+            let spawned = Result { () throws(WorkerError) in try Spawner.spawn(function) }
+            self.loop.execute { self.started(worker, of: function, with: request, spawned) }
+        }
+    }
+
+    private func started(
+        _ worker: Int, of function: FunctionDefinition, with request: PendingRequest?,
+        _ spawned: Result<SpawnedProcess, WorkerError>
+    ) {
+        io.pendingSpawns -= 1
         let process: WorkerProcess
-        do throws(WorkerError) {
-            guard !io.stopping else { throw WorkerError(.shuttingDown, "the worker pool is stopping") }
-            process = try WorkerProcess(spawning: function, loop: loop, logger: logger)
-        } catch {
+        switch spawned {
+        case .failure(let error):
             logger.error("cannot start worker: \(error.detail)", metadata: ["function": "\(function.name)"])
             request?.finish(.failure(error))
-            workerRetired(worker, of: function, crashed: error.code != .shuttingDown)
+            workerRetired(worker, of: function, crashed: !io.stopping)
+            io.spawnSettled()
             return
+        case .success(let spawned):
+            process = WorkerProcess(spawned, of: function, loop: loop, logger: logger)
         }
         let key = PoolKey(function)
         io.started(process, in: key)
+        if io.stopping {
+            // The pool stopped while this one was starting: end it; its reaping completes the stop.
+            process.signalGroup(SIGKILL)
+            request?.finish(.failure(WorkerError(.shuttingDown, "the worker pool is stopping")))
+            return
+        }
         switch function.manifest.mode {
         case .warm:
             let warm = WarmWorker(id: worker, function: function, process: process, pool: self)
@@ -349,6 +376,17 @@ public final class WorkerPool: Sendable {
             }
             ForkRun(slot: worker, function: function, process: process, pool: self).start(request)
         }
+    }
+}
+
+/// A few serial queues for spawning, used in turn: posix_spawn blocks until exec, so two can wait at once without
+/// touching Swift's cooperative threads or the I/O thread.
+final class SpawnQueues: Sendable {
+    private let queues = (0..<2).map { DispatchQueue(label: "statefn.spawn.\($0)") }
+    private let turn = Atomic<Int>(0)
+
+    func next() -> DispatchQueue {
+        queues[turn.wrappingAdd(1, ordering: .relaxed).oldValue % queues.count]
     }
 }
 

@@ -46,8 +46,8 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
     private var written = 0
     private var closeStdinWhenWritten = false
 
-    init(spawning definition: FunctionDefinition, loop: EventLoop, logger: Logger) throws(WorkerError) {
-        let spawned = try Spawner.spawn(definition)
+    /// Takes over a process `Spawner.spawn` started; from here on it lives on the loop thread.
+    init(_ spawned: SpawnedProcess, of definition: FunctionDefinition, loop: EventLoop, logger: Logger) {
         pid = spawned.pid
         function = definition.name
         stdoutLineLimit = definition.manifest.maxResponseBytes

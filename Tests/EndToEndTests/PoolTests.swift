@@ -170,15 +170,35 @@ struct PoolTests {
         }
     }
 
-    @Test("SIGTERM lets the request in flight finish, stops the workers and exits 0")
+    @Test("SIGTERM lets the request in flight finish, stops the workers and exits 0; workers never see secrets")
     func gracefulStop() async throws {
         let database = try await TestDatabase.createDatabase()
         let functions = FunctionsDirectory()
         functions.install("slow", FunctionsDirectory.action(version: 1))
         functions.install("slow.json", #"{"stateless": true, "min_workers": 2}"#, mode: 0o644)
+        functions.install(
+            "envdump",
+            """
+            #!/usr/bin/env python3
+            import json, os, sys
+            for line in sys.stdin:
+                print(json.dumps({"id": json.loads(line)["id"], "reply": dict(os.environ)}), flush=True)
+            """)
+        functions.install("envdump.json", #"{"stateless": true, "env": {"GREETING": "hi"}}"#, mode: 0o644)
         let gateway = try await onThread {
-            try GatewayProcess(arguments: ["--functions", functions.path], environment: ["DATABASE_URL": database])
+            try GatewayProcess(
+                arguments: ["--functions", functions.path],
+                environment: ["DATABASE_URL": database, "STATEFN_LOG_LEVEL": "info", "STATEFN_SECRET_FOR_TEST": "x"])
         }
+        let env = try await onThread {
+            try JSONValue.parse(gateway.client().request("POST", "/v1/envdump/show", body: "{}").text, limits: .client)
+        }
+        let names = env.objectValue?.keys ?? []
+        #expect(env["GREETING"] == "hi")
+        #expect(!names.contains("DATABASE_URL"))
+        #expect(!names.contains { $0.hasPrefix("STATEFN_") }, "\(names)")
+        #expect(Set(names).isSubset(of: ["GREETING", "PATH", "LANG", "HOME", "LC_CTYPE", "PWD"]), "\(names)")
+
         let results = try await onThreads(2) { index -> (Int, Int32, Int32) in
             let client = gateway.client()
             if index == 0 {
