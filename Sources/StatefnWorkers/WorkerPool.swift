@@ -379,10 +379,10 @@ public final class WorkerPool: Sendable {
     }
 }
 
-/// A few serial queues for spawning, used in turn: posix_spawn blocks until exec, so two can wait at once without
+/// A few serial queues for spawning, used in turn: posix_spawn blocks until exec, so four can wait at once without
 /// touching Swift's cooperative threads or the I/O thread.
 final class SpawnQueues: Sendable {
-    private let queues = (0..<2).map { DispatchQueue(label: "statefn.spawn.\($0)") }
+    private let queues = (0..<4).map { DispatchQueue(label: "statefn.spawn.\($0)") }
     private let turn = Atomic<Int>(0)
 
     func next() -> DispatchQueue {

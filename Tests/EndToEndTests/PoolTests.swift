@@ -126,11 +126,16 @@ struct PoolTests {
             #expect(fresh["queue_depth"] == 0)
             #expect(fresh["cold_starts"]?.integerValue ?? 0 >= 1)
             for key in ["crashes", "timeouts", "recycles"] { #expect(fresh[key] == 0, "\(key)") }
-            let worker = try #require(fresh["workers"]?.arrayValue?.first)
-            #expect(worker["state"] == "idle")
-            #expect(worker["requests_served"]?.integerValue ?? 0 >= 1)
-            #expect(worker["rss_bytes"]?.integerValue ?? 0 > 0)
-            #expect(worker["pid"]?.integerValue ?? 0 > 1)
+            // The worker started ahead of demand, and any the first request started while it got ready.
+            let workers = fresh["workers"]?.arrayValue ?? []
+            #expect(!workers.isEmpty)
+            #expect(workers.contains { $0["requests_served"]?.integerValue ?? 0 >= 1 })
+            for worker in workers {
+                #expect(worker["state"] == "idle")
+                #expect(worker["rss_bytes"]?.integerValue ?? 0 > 0)
+                #expect(worker["pid"]?.integerValue ?? 0 > 1)
+                #expect(worker["generation"] == "current")
+            }
             // The other functions kept serving through all of it.
             #expect(try client.request("POST", "/v1/fresh/ping", body: "{}").status == 200)
             #expect(gateway.stop() == 0)

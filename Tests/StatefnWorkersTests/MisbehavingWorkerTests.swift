@@ -98,10 +98,9 @@ import Testing
     @Test func aWorkerThatIgnoresSIGTERMIsKilledAfterTheGrace() async throws {
         try await withPool { pool in
             let stubborn = fixture("stubborn")
-            async let code = failureCode { try await pool.invoke(stubborn, request: request("t")) }
-            #expect(await eventually { await pool.status().first { $0.function == "stubborn" }?.pids.count == 1 })
-            let group = try #require(await pool.status().first { $0.function == "stubborn" }?.pids.first)
-            #expect(await code == .timedOut)
+            let error = try #require(await failure { try await pool.invoke(stubborn, request: request("t")) })
+            #expect(error.code == .timedOut)
+            let group = try #require(terminatedGroup(error))
             #expect(await eventually { !groupExists(group) })
             #expect(await pool.status().first { $0.function == "stubborn" }?.timeouts == 1)
             try await stillServes(pool)

@@ -78,7 +78,7 @@ import Testing
             #expect(warm["reply"]?["version"] == 1)
             let oldPid = Int32(try #require(warm["reply"]?["pid"]?.integerValue))
 
-            async let inFlight = pool.invoke(old, request: request("slow", payload: ["sleep_ms": 1000]))
+            async let inFlight = pool.invoke(old, request: request("slow", payload: ["sleep_ms": 3000]))
             #expect(await eventually { await pool.status().first?.busy == 1 })
             directory.install("hot", version(2))
             let second = FunctionCatalog.scan(directory: directory.path)

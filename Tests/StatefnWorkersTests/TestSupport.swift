@@ -147,3 +147,10 @@ final class TemporaryDirectory: Sendable {
         _ = rename(aside, path + "/" + name)
     }
 }
+
+/// The process group a timeout terminated, from its detail ("… process group 1234 terminated").
+func terminatedGroup(_ error: WorkerError) -> Int32? {
+    let words = error.detail.split(separator: " ")
+    guard let index = words.firstIndex(of: "terminated"), index > 0 else { return nil }
+    return Int32(words[index - 1])
+}
