@@ -9,7 +9,8 @@ import Synchronization
 
 /// Runs function workers: a warm pool per function (JSON-lines processes, one request in flight each, from
 /// `min_workers` up to `max_workers`, idle ones stopped after `idle_timeout_ms`), or one `posix_spawn`ed process per
-/// request in fork mode. Every worker runs in its own process group under RLIMIT_DATA and an RSS watch; at the
+/// request in fork mode. Every worker runs in its own process group under RLIMIT_DATA and an RSS watch (no cgroup:
+/// this host has cgroup v1 and nothing writable to delegate, so that path is not built yet); at the
 /// deadline the whole group gets SIGTERM, then SIGKILL. stderr lines go to the logger, never to a client. Crashes
 /// delay the next spawn, and a crash loop makes the function answer `unhealthy` for a cool-down. `update` swaps in
 /// a rescanned functions directory: changed functions get fresh workers and the old generation drains.
