@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/pidfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include "shim.h"
 
@@ -17,3 +18,8 @@ int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path)
 }
 
 int clinux_pidfd_open(pid_t pid) { return pidfd_open(pid, 0); }
+
+int clinux_limit_data(pid_t pid, unsigned long long bytes) {
+    struct rlimit limit = {.rlim_cur = bytes, .rlim_max = bytes};
+    return prlimit(pid, RLIMIT_DATA, &limit, NULL);
+}

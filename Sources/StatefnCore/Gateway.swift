@@ -43,6 +43,11 @@ public final class Gateway: Sendable {
         self.logger = logger
     }
 
+    /// Swaps in a rescanned functions directory (hot reload): new requests see the new functions at once.
+    public func replaceCatalog(_ catalog: FunctionCatalog) {
+        self.catalog.withLock { $0 = catalog }
+    }
+
     /// From now on readiness answers 503, so a load balancer stops sending traffic.
     public func beginDraining() { draining.store(true, ordering: .relaxed) }
 
@@ -67,6 +72,9 @@ public final class Gateway: Sendable {
             return .json(["status": "ok"])
         case .readyz:
             return await readiness()
+        case .functions:
+            _ = try await authorize(request, &context, .admin, function: nil, entity: nil, isPublic: false)
+            return await listFunctions()
         case .command(let function, let entity, let command, let readonly):
             context.function = function
             context.entity = entity
@@ -307,7 +315,45 @@ public final class Gateway: Sendable {
         (name: "ETag", value: "\"\(version)\"")
     }
 
-    // MARK: Readiness and logs
+    // MARK: Listing, readiness and logs
+
+    /// `GET /v1/functions`: each function with its manifest and its pools' live state (an old generation that is
+    /// still draining included), then the functions that failed to load, with the reason.
+    private func listFunctions() async -> HTTPResponse {
+        let catalog = self.catalog.withLock { $0 }
+        let pools = await workers.status()
+        var functions: [JSONValue] = []
+        for definition in catalog.functions.values.sorted(by: { $0.name < $1.name }) {
+            let mine = pools.filter { $0.function == definition.name }
+            var workerList: [JSONValue] = []
+            for pool in mine {
+                for worker in pool.workers {
+                    workerList.append([
+                        "pid": .integer(Int64(worker.pid)), "state": .string(worker.state),
+                        "requests_served": .integer(Int64(worker.requestsServed)),
+                        "rss_bytes": .integer(Int64(worker.residentBytes)),
+                        "generation": pool.revision == definition.revision && !pool.draining ? "current" : "draining",
+                    ])
+                }
+            }
+            let unhealthy = mine.compactMap(\.unhealthyForMs).max()
+            func total(_ count: (WorkerPoolStatus) -> Int) -> JSONValue { .integer(Int64(mine.map(count).reduce(0, +))) }
+            functions.append([
+                "name": .string(definition.name), "mode": .string(definition.manifest.mode.rawValue),
+                "executable": .string(definition.executable), "manifest": definition.manifest.json,
+                "healthy": .bool(unhealthy == nil),
+                "retry_after_s": unhealthy.map { .integer(Int64(($0 + 999) / 1000)) } ?? .null,
+                "queue_depth": total(\.queued), "busy": total(\.busy), "idle": total(\.idle),
+                "workers": .array(workerList),
+                "cold_starts": total(\.coldStarts), "crashes": total(\.crashes), "timeouts": total(\.timeouts),
+                "recycles": total(\.recycles),
+            ])
+        }
+        let failed: [JSONValue] = catalog.failures.sorted(by: { $0.key < $1.key }).map {
+            ["name": .string($0.key), "reason": .string($0.value)]
+        }
+        return .json(["functions": .array(functions), "failed": .array(failed)])
+    }
 
     private func readiness() async -> HTTPResponse {
         guard !draining.load(ordering: .relaxed) else {

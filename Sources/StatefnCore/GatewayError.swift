@@ -65,7 +65,12 @@ struct GatewayError: Error {
         case .queueFull:
             return GatewayError(
                 429, "the function is busy; try again", logDetail: error.detail,
-                headers: [(name: "Retry-After", value: "1")])
+                headers: [(name: "Retry-After", value: "\(error.retryAfterSeconds ?? 1)")])
+        case .unhealthy:
+            return GatewayError(
+                503, "the function keeps crashing; it is paused until its files change or the cool-down ends",
+                logDetail: error.detail, headers: [(name: "Retry-After", value: "\(error.retryAfterSeconds ?? 30)")])
+        case .removed: return GatewayError(404, "the function was removed", logDetail: error.detail)
         case .shuttingDown:
             return GatewayError(
                 503, "the gateway is shutting down", logDetail: error.detail, headers: [(name: "Retry-After", value: "1")])

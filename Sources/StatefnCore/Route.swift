@@ -10,6 +10,8 @@ public enum Route: Equatable, Sendable {
     case action(function: String, command: String)
     /// `GET /v1/{function}/{entity}`: raw state and version.
     case rawState(function: String, entity: String)
+    /// `GET /v1/functions`: the functions, their manifests and live pool state.
+    case functions
     case healthz
     case readyz
 }
@@ -45,6 +47,8 @@ extension Route {
             segments.append(decoded)
         }
         switch segments.count {
+        case 1 where segments[0] == "functions":
+            return try only("GET", method, .functions)
         case 2:
             let (function, second) = (segments[0], segments[1])
             try validateFunction(function)

@@ -10,6 +10,7 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
     private var request: PendingRequest?
     private var deadline: EventLoop.Timer?
     private var sawFirstLine = false
+    private var timedOut = false
 
     init(slot: Int, function: FunctionDefinition, process: WorkerProcess, pool: WorkerPool) {
         self.slot = slot
@@ -22,9 +23,11 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
 
     func start(_ request: PendingRequest) {
         self.request = request
+        process.state = .busy
+        process.served = 1
         process.send(request.line, thenClose: true)
         // The deadline also bounds a process that answered but lingers: its slot is freed only when it exits.
-        deadline = pool.loop.schedule(after: function.manifest.timeoutMs) { self.timedOut() }
+        deadline = pool.loop.schedule(after: function.manifest.timeoutMs) { self.deadlinePassed() }
     }
 
     private func received(_ line: [UInt8], truncated: Bool) {
@@ -36,32 +39,43 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
         self.request = nil
         let answer =
             truncated
-            ? .failure(WorkerError(.invalidResponse, "an answer line over \(WorkerProcess.stdoutLineLimit) bytes"))
+            ? .failure(WorkerError(.invalidResponse, "an answer line over \(process.stdoutLineLimit) bytes (max_response_bytes)"))
             : decodeAnswer(line, to: request.id)
         if case .failure = answer { process.signalGroup(SIGKILL) }
         request.finish(answer)
     }
 
-    private func timedOut() {
+    private func deadlinePassed() {
         deadline = nil
-        process.signalGroup(SIGKILL)
+        timedOut = true
+        process.terminateGroup(graceMs: WorkerPool.terminationGraceMs)
         guard let request else { return }
         self.request = nil
+        pool.note(.timeout, of: function)
         request.finish(
             .failure(
                 WorkerError(
                     .timedOut,
                     "\(function.name): no answer within \(function.manifest.timeoutMs) ms; process group "
-                        + "\(process.pid) killed")))
+                        + "\(process.pid) terminated")))
     }
 
     private func exited(_ status: ExitStatus) {
         if let timer = deadline { pool.loop.cancel(timer) }
         deadline = nil
         pool.io.reaped(process)
-        pool.workerRetired(slot, of: function)
+        let forMemory = process.killedForMemory
+        if forMemory { pool.note(.recycle, of: function) }
+        let crashed = request != nil && !timedOut && !forMemory && !pool.io.stopping
+        pool.workerRetired(slot, of: function, crashed: crashed)
         guard let request else { return }
         self.request = nil
-        request.finish(.failure(WorkerError(.crashed, "\(function.name) process \(process.pid) \(status) without answering")))
+        let error =
+            pool.io.stopping
+            ? WorkerError(.shuttingDown, "the worker pool is stopping")
+            : forMemory
+                ? WorkerError(.crashed, "\(function.name) process \(process.pid) went over memory_mb (\(function.manifest.memoryMB)) and was killed")
+                : WorkerError(.crashed, "\(function.name) process \(process.pid) \(status) without answering")
+        request.finish(.failure(error))
     }
 }

@@ -11,16 +11,22 @@ public struct FunctionDefinition: Sendable, Hashable {
     /// The directory the worker runs in.
     public var workingDirectory: String
     public var manifest: FunctionManifest
-    public init(name: String, executable: String, workingDirectory: String, manifest: FunctionManifest) {
+    /// Which version of the code this is: the executable's inode, size and times (and, for a folder, its other
+    /// files' times). A changed revision gets fresh workers, and the old ones drain.
+    public var revision: String
+    public init(
+        name: String, executable: String, workingDirectory: String, manifest: FunctionManifest, revision: String = ""
+    ) {
         self.name = name
         self.executable = executable
         self.workingDirectory = workingDirectory
         self.manifest = manifest
+        self.revision = revision
     }
 }
 
 /// The result of scanning a functions directory.
-public struct FunctionCatalog: Sendable {
+public struct FunctionCatalog: Sendable, Equatable {
     public var functions: [String: FunctionDefinition]
     /// Functions that could not be loaded, with the reason (bad manifest, not executable, ...).
     public var failures: [String: String]
@@ -82,9 +88,17 @@ public struct FunctionCatalog: Sendable {
                 return .failure(WorkerError(.invalidManifest, "\(manifestPath): \(error.detail)"))
             }
         }
+        var revision = FileStatus(executable)?.revision ?? ""
+        if entry.isDirectory {
+            // A handler that imports its neighbours changes when they do.
+            for other in directoryEntries(path) ?? [] where other != "handler" {
+                if let status = FileStatus(path + "/" + other), status.isRegularFile { revision += "|" + status.revision }
+            }
+        }
         return .success(
             FunctionDefinition(
-                name: name, executable: executable, workingDirectory: workingDirectory, manifest: manifest))
+                name: name, executable: executable, workingDirectory: workingDirectory, manifest: manifest,
+                revision: revision))
     }
 
     private static func readManifest(_ path: String) throws(WorkerError) -> JSONValue {
@@ -102,10 +116,16 @@ public struct FunctionCatalog: Sendable {
 /// What `stat(2)` says about a path, following symlinks.
 private struct FileStatus {
     let mode: mode_t
+    /// Inode, size, and modification and change times in nanoseconds: a file replaced by rename, or rewritten in
+    /// place, or made executable, reads differently.
+    let revision: String
     init?(_ path: String) {
         var info = stat()
         guard stat(path, &info) == 0 else { return nil }
         mode = info.st_mode
+        revision =
+            "\(info.st_ino):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec):"
+            + "\(info.st_ctim.tv_sec).\(info.st_ctim.tv_nsec)"
     }
     var isDirectory: Bool { mode & S_IFMT == S_IFDIR }
     var isRegularFile: Bool { mode & S_IFMT == S_IFREG }

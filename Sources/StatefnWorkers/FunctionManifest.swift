@@ -8,8 +8,8 @@ public enum WorkerMode: String, Sendable {
 
 /// A function's manifest (DESIGN.md section 3), with the documented defaults for missing fields.
 ///
-/// `memoryMB` is parsed and kept, but not enforced yet: RLIMIT_AS breaks V8, the JVM and Go, which reserve far more
-/// address space than they use, so enforcement needs a cgroup.
+/// `memoryMB` is enforced with RLIMIT_DATA (not RLIMIT_AS, which breaks V8, the JVM and Go: they reserve far more
+/// address space than they use) and by watching each worker's resident set.
 public struct FunctionManifest: Sendable, Hashable {
     public var mode: WorkerMode = .warm
     public var timeoutMs: Int = 10_000
@@ -25,6 +25,11 @@ public struct FunctionManifest: Sendable, Hashable {
     public var maxStateBytes: Int = 1_048_576
     /// An action: no entity, no state.
     public var stateless: Bool = false
+    /// The longest answer line; a longer one is a 502 and the worker is replaced.
+    public var maxResponseBytes: Int = 8 << 20
+    /// With a value above 0, a warm worker gets no request until it prints `{"ready":true}`, and is killed if it
+    /// has not within this time. 0: it is ready at once (DESIGN.md section 3).
+    public var initTimeoutMs: Int = 0
     public init() {}
 
     /// Validates a manifest document; unknown fields and wrong types are errors naming the field.
@@ -47,6 +52,8 @@ public struct FunctionManifest: Sendable, Hashable {
             case "queue_timeout_ms": manifest.queueTimeoutMs = try integer(value, key, in: 0...3_600_000)
             case "memory_mb": manifest.memoryMB = try integer(value, key, in: 1...1_048_576)
             case "max_state_bytes": manifest.maxStateBytes = try integer(value, key, in: 1...(1 << 30))
+            case "max_response_bytes": manifest.maxResponseBytes = try integer(value, key, in: 1024...(1 << 30))
+            case "init_timeout_ms": manifest.initTimeoutMs = try integer(value, key, in: 0...3_600_000)
             case "stateless":
                 guard let flag = value.boolValue else { throw invalid("field stateless: must be true or false") }
                 manifest.stateless = flag
@@ -59,6 +66,23 @@ public struct FunctionManifest: Sendable, Hashable {
             throw invalid("field min_workers: must not exceed max_workers (\(manifest.maxWorkers))")
         }
         return manifest
+    }
+
+    /// Every field, defaults included, as `GET /v1/functions` shows it.
+    public var json: JSONValue {
+        var env = JSONObject()
+        // Values may be credentials the function needs; the listing names them only.
+        for name in self.env.keys.sorted() { env[name] = "<redacted>" }
+        return [
+            "mode": .string(mode.rawValue), "timeout_ms": .integer(Int64(timeoutMs)),
+            "min_workers": .integer(Int64(minWorkers)), "max_workers": .integer(Int64(maxWorkers)),
+            "idle_timeout_ms": .integer(Int64(idleTimeoutMs)), "max_requests": .integer(Int64(maxRequests)),
+            "max_queue": .integer(Int64(maxQueue)), "queue_timeout_ms": .integer(Int64(queueTimeoutMs)),
+            "memory_mb": .integer(Int64(memoryMB)), "env": .object(env),
+            "public": .array(publicCommands.map { .string($0) }), "max_state_bytes": .integer(Int64(maxStateBytes)),
+            "stateless": .bool(stateless), "max_response_bytes": .integer(Int64(maxResponseBytes)),
+            "init_timeout_ms": .integer(Int64(initTimeoutMs)),
+        ]
     }
 
     private static func invalid(_ detail: String) -> WorkerError { WorkerError(.invalidManifest, detail) }

@@ -1,5 +1,6 @@
 // Newline framing for worker pipes, parsed incrementally with a hard cap (Redis networking.c in spirit): a worker
 // cannot make the gateway buffer more than `limit` bytes of one line.
+import Glibc
 
 /// Splits a byte stream into lines. A line over `limit` bytes comes out cut to `limit` and marked truncated, and
 /// the rest of it, up to the next newline, is dropped.
@@ -34,7 +35,7 @@ struct LineFramer {
 
     mutating func next() -> Next {
         while true {
-            if let newline = buffer[scanned...].firstIndex(of: 0x0A) {
+            if let newline = newlineIndex(from: scanned) {
                 let wasDiscarding = discarding
                 let truncated = newline - start > limit
                 let line = Array(buffer[start..<(truncated ? start + limit : newline)])
@@ -55,6 +56,16 @@ struct LineFramer {
             scanned = start
             discarding = true
             return .line(line, truncated: true)
+        }
+    }
+
+    /// The first newline at or after `index`, found with memchr(3): a flooding worker pushes hundreds of
+    /// megabytes through here, and a byte-by-byte scan would hold the I/O thread that long.
+    private func newlineIndex(from index: Int) -> Int? {
+        guard index < buffer.count else { return nil }
+        return buffer.withUnsafeBytes { bytes in
+            guard let found = memchr(bytes.baseAddress! + index, 0x0A, bytes.count - index) else { return nil }
+            return bytes.baseAddress!.distance(to: UnsafeRawPointer(found))
         }
     }
 

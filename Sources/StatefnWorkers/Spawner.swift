@@ -6,6 +6,7 @@ import Glibc
 /// How a worker process ended, decoded from its wait status.
 struct ExitStatus: CustomStringConvertible, Equatable {
     let raw: Int32
+    var isCleanExit: Bool { raw == 0 }
     var description: String {
         // WIFEXITED, WEXITSTATUS and WTERMSIG are macros Swift cannot see; this is their glibc definition.
         let signal = raw & 0x7F
@@ -108,6 +109,9 @@ enum Spawner {
             close(errors.read)
             throw WorkerError(.spawnFailed, "pidfd_open: \(errorText(error))")
         }
+        // posix_spawn returns once the child has exec'd (glibc spawns with CLONE_VFORK), so the limit lands
+        // before the new program can have allocated much.
+        _ = clinux_limit_data(pid, UInt64(function.manifest.memoryMB) << 20)
         for fd in [input.write, output.read, errors.read] {
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         }

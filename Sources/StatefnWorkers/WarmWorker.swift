@@ -1,19 +1,25 @@
 // Warm mode (DESIGN.md section 3): a long-lived process reads request lines in a loop and answers each in order,
-// one request in flight at a time. It may announce itself with {"ready":true} first.
+// one request in flight at a time. It may announce itself with {"ready":true} first; with `init_timeout_ms` set it
+// must, within that time, before it gets a request.
 import Glibc
 
 final class WarmWorker: @unchecked Sendable {  // confined to the event loop thread
-    /// How long a recycled worker gets to finish on its own after stdin closes.
+    /// How long a worker asked to finish (stdin closed) gets before SIGKILL.
     static let recycleGraceMs = 2_000
 
     let id: Int
+    let process: WorkerProcess
     private let function: FunctionDefinition
-    private let process: WorkerProcess
     private let pool: WorkerPool
+    /// The request sent and not yet answered.
     private var current: PendingRequest?
+    /// The first request, held until the worker says it is ready.
+    private var waitingForReady: PendingRequest?
+    private var ready: Bool
     private var deadline: EventLoop.Timer?
-    private var served = 0
+    private var initTimer: EventLoop.Timer?
     private var sawFirstLine = false
+    /// The pool no longer counts it: it is ending, by its own doing or ours.
     private var retired = false
 
     init(id: Int, function: FunctionDefinition, process: WorkerProcess, pool: WorkerPool) {
@@ -21,89 +27,207 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         self.function = function
         self.process = process
         self.pool = pool
+        ready = function.manifest.initTimeoutMs == 0
         process.onLine = { line, truncated in self.received(line, truncated: truncated) }
-        process.onStdoutClosed = { self.retire(gracefully: false) }
+        process.onStdoutClosed = { self.stdoutClosed() }
         process.onExit = { status in self.exited(status) }
     }
 
-    var isAvailable: Bool { !retired && current == nil }
+    var isAvailable: Bool { !retired && ready && current == nil }
+
+    /// Called once, right after spawning, with the first request or with nil for a worker started ahead of demand.
+    func start(_ request: PendingRequest?) {
+        guard !ready else {
+            if let request { send(request) } else { becomeIdle() }
+            return
+        }
+        waitingForReady = request
+        initTimer = pool.loop.schedule(after: function.manifest.initTimeoutMs) { self.initTimedOut() }
+    }
 
     func send(_ request: PendingRequest) {
         precondition(isAvailable, "worker \(process.pid) of \(function.name) got a request while unavailable")
         current = request
-        served += 1
+        process.served += 1
+        process.state = .busy
         process.send(request.line, thenClose: false)
         deadline = pool.loop.schedule(after: function.manifest.timeoutMs) { self.timedOut() }
     }
 
+    /// The pool let it go (idle too long, or an old generation of the code): closing stdin ends its read loop.
+    func stop() {
+        retired = true
+        retiredOnPurpose = true
+        process.state = .stopping
+        process.closeStdin()
+        _ = pool.loop.schedule(after: Self.recycleGraceMs) { self.process.signalGroup(SIGKILL) }
+    }
+
+    // MARK: Events
+
     private func received(_ line: [UInt8], truncated: Bool) {
         if !sawFirstLine {
             sawFirstLine = true
-            if !truncated && isReadyLine(line) { return }
+            if !truncated && isReadyLine(line) { return becomeReady() }
         }
-        guard let request = current else {
+        guard ready, let request = current else {
             pool.logger.warning(
-                "worker wrote a line with no request in flight; replacing it",
+                ready ? "worker wrote a line with no request in flight; replacing it"
+                    : "worker wrote something other than {\"ready\":true} first; replacing it",
                 metadata: ["function": "\(function.name)", "pid": "\(process.pid)"])
-            return retire(gracefully: false)
+            failStart(WorkerError(.protocolViolation, "\(function.name): the worker did not start with {\"ready\":true}"))
+            return retire(.kill)
         }
         current = nil
-        if let timer = deadline { pool.loop.cancel(timer) }
-        deadline = nil
+        cancelDeadline()
         let answer =
             truncated
-            ? .failure(WorkerError(.invalidResponse, "an answer line over \(WorkerProcess.stdoutLineLimit) bytes"))
+            ? .failure(WorkerError(.invalidResponse, "an answer line over \(process.stdoutLineLimit) bytes (max_response_bytes)"))
             : decodeAnswer(line, to: request.id)
         if case .failure(let error) = answer {
             pool.logger.warning(
                 "replacing worker: \(error.detail)", metadata: ["function": "\(function.name)", "pid": "\(process.pid)"])
-            retire(gracefully: false)
-        } else if function.manifest.maxRequests > 0 && served >= function.manifest.maxRequests {
-            retire(gracefully: true)
+            if truncated { pool.note(.recycle, of: function) }
+            retire(.kill)
+        } else if function.manifest.maxRequests > 0 && process.served >= function.manifest.maxRequests {
+            pool.note(.recycle, of: function)
+            retire(.closeStdin)
         } else {
-            pool.workerFinished(id, of: function)
+            becomeIdle()
         }
         request.finish(answer)
+    }
+
+    private func becomeReady() {
+        guard !ready else { return }
+        ready = true
+        if let timer = initTimer { pool.loop.cancel(timer) }
+        initTimer = nil
+        if let request = waitingForReady {
+            waitingForReady = nil
+            send(request)
+        } else {
+            becomeIdle()
+        }
+    }
+
+    private func becomeIdle() {
+        process.state = .idle
+        pool.workerFinished(id, of: function)
+    }
+
+    private func initTimedOut() {
+        initTimer = nil
+        guard !ready, !retired else { return }
+        pool.logger.warning(
+            "worker did not print {\"ready\":true} within init_timeout_ms; killing it",
+            metadata: ["function": "\(function.name)", "pid": "\(process.pid)"])
+        failStart(
+            WorkerError(.crashed, "\(function.name): not ready within \(function.manifest.initTimeoutMs) ms (init_timeout_ms)"))
+        retire(.kill, crashed: true)
+    }
+
+    private func failStart(_ error: WorkerError) {
+        guard let request = waitingForReady else { return }
+        waitingForReady = nil
+        request.finish(.failure(error))
     }
 
     private func timedOut() {
         deadline = nil
         guard let request = current else { return }
         current = nil
-        retire(gracefully: false)
+        pool.note(.timeout, of: function)
+        retire(.terminate)
         request.finish(
             .failure(
                 WorkerError(
                     .timedOut,
                     "\(function.name): no answer within \(function.manifest.timeoutMs) ms; process group "
-                        + "\(process.pid) killed")))
+                        + "\(process.pid) terminated")))
+    }
+
+    /// It closed stdout: no answer can come any more. It gets a moment to exit on its own, which tells a clean
+    /// exit (a worker that serves one request and leaves) from a crash.
+    private func stdoutClosed() {
+        retire(.leave)
     }
 
     private func exited(_ status: ExitStatus) {
-        if let timer = deadline { pool.loop.cancel(timer) }
-        deadline = nil
-        retire(gracefully: false)
+        cancelDeadline()
+        if let timer = initTimer { pool.loop.cancel(timer) }
+        initTimer = nil
         pool.io.warm[WorkerIO.WarmKey(pool: WorkerPool.PoolKey(function), worker: id)] = nil
         pool.io.reaped(process)
-        guard let request = current else { return }
+        let stopping = pool.io.stopping
+        let request = current ?? waitingForReady
         current = nil
+        waitingForReady = nil
+        let forMemory = process.killedForMemory
+        // A worker that leaves cleanly after answering before may not have read a request that raced its exit;
+        // commands are deterministic and nothing was committed, so it runs once more on another worker.
+        let cleanExitAfterServing = status.isCleanExit && process.served > 1 && request?.retried == false
+        let crashed = !stopping && !forMemory && !retiredOnPurpose && !(request == nil && status.isCleanExit)
+            && !cleanExitAfterServing
+        if forMemory { pool.note(.recycle, of: function) }
+        let wasRetired = retired
+        retired = true
+        if !wasRetired || crashed { pool.workerRetired(id, of: function, crashed: crashed) }
+        guard let request else { return }
+        if cleanExitAfterServing && !stopping {
+            var again = request
+            again.retried = true
+            return pool.submit(again, to: function)
+        }
         let error =
-            pool.io.stopping
+            stopping
             ? WorkerError(.shuttingDown, "the worker pool is stopping")
-            : WorkerError(.crashed, "\(function.name) worker \(process.pid) \(status) without answering")
+            : forMemory
+                ? WorkerError(.crashed, "\(function.name) worker \(process.pid) went over memory_mb (\(function.manifest.memoryMB)) and was killed")
+                : WorkerError(.crashed, "\(function.name) worker \(process.pid) \(status) without answering")
         request.finish(.failure(error))
     }
 
-    /// Takes the worker out of its pool, once, and ends it: at once, or by closing its stdin so it can finish.
-    private func retire(gracefully: Bool) {
-        if gracefully {
+    // MARK: Ending
+
+    private enum Ending {
+        /// SIGKILL to the group now.
+        case kill
+        /// SIGTERM to the group, SIGKILL after a grace period: a deadline.
+        case terminate
+        /// Close stdin so it finishes on its own; SIGKILL after a grace period.
+        case closeStdin
+        /// It is ending on its own; SIGKILL after a grace period if it lingers.
+        case leave
+    }
+
+    /// Set when the gateway ended the worker on purpose, so its exit is not a crash.
+    private var retiredOnPurpose = false
+
+    /// Takes the worker out of its pool, once, and ends it.
+    private func retire(_ ending: Ending, crashed: Bool = false) {
+        process.state = .stopping
+        switch ending {
+        case .kill:
+            retiredOnPurpose = true
+            process.signalGroup(SIGKILL)
+        case .terminate:
+            retiredOnPurpose = true
+            process.terminateGroup(graceMs: WorkerPool.terminationGraceMs)
+        case .closeStdin:
+            retiredOnPurpose = true
             process.closeStdin()
             _ = pool.loop.schedule(after: Self.recycleGraceMs) { self.process.signalGroup(SIGKILL) }
-        } else {
-            process.signalGroup(SIGKILL)
+        case .leave:
+            _ = pool.loop.schedule(after: Self.recycleGraceMs) { self.process.signalGroup(SIGKILL) }
         }
         guard !retired else { return }
         retired = true
-        pool.workerRetired(id, of: function)
+        pool.workerRetired(id, of: function, crashed: crashed)
+    }
+
+    private func cancelDeadline() {
+        if let timer = deadline { pool.loop.cancel(timer) }
+        deadline = nil
     }
 }

@@ -11,13 +11,20 @@ public struct WorkerError: Error, Sendable, CustomStringConvertible {
         case timedOut = "timed_out"  // 504; the process group was killed
         case queueFull = "queue_full"  // 429
         case shuttingDown = "shutting_down"  // 503
+        case unhealthy  // a crash loop: 503 with Retry-After until the files change or the cool-down ends
+        case removed  // the function left the functions directory while the request was on its way: 404
     }
     public var code: Code
     public var detail: String
-    public init(code: Code, detail: String) {
+    /// When to try again, for `queueFull` and `unhealthy`.
+    public var retryAfterSeconds: Int?
+    public init(code: Code, detail: String, retryAfterSeconds: Int? = nil) {
         self.code = code
         self.detail = detail
+        self.retryAfterSeconds = retryAfterSeconds
     }
-    init(_ code: Code, _ detail: String) { self.init(code: code, detail: detail) }
+    init(_ code: Code, _ detail: String, retryAfterSeconds: Int? = nil) {
+        self.init(code: code, detail: detail, retryAfterSeconds: retryAfterSeconds)
+    }
     public var description: String { "worker error (\(code.rawValue))" }
 }

@@ -13,6 +13,8 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
     static let killGraceMs = 5_000
 
     var warm: [WarmKey: WarmWorker] = [:]
+    /// Spawns under way on the spawn queues: a stop waits for them too, so none escapes unreaped.
+    var pendingSpawns = 0
     private(set) var stopping = false
     private let loop: EventLoop
     private let logger: Logger
@@ -31,13 +33,30 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
 
     func reaped(_ process: WorkerProcess) {
         live[process.pid] = nil
-        if stopping && live.isEmpty { finishStopping() }
+        spawnSettled()
     }
 
-    func pidsByPool() -> [WorkerPool.PoolKey: [Int32]] {
-        var pids: [WorkerPool.PoolKey: [Int32]] = [:]
-        for (pid, entry) in live { pids[entry.pool, default: []].append(pid) }
-        return pids
+    /// Completes a stop once every process is reaped and no spawn is under way.
+    func spawnSettled() {
+        if stopping && live.isEmpty && pendingSpawns == 0 { finishStopping() }
+    }
+
+    /// Every live worker, by pool, with what it is doing and its resident set.
+    func workersByPool() -> [WorkerPool.PoolKey: [WorkerStatus]] {
+        var workers: [WorkerPool.PoolKey: [WorkerStatus]] = [:]
+        for (pid, entry) in live {
+            let process = entry.process
+            workers[entry.pool, default: []].append(
+                WorkerStatus(
+                    pid: pid, state: process.state.rawValue, requestsServed: process.served,
+                    residentBytes: process.residentBytes() ?? 0))
+        }
+        return workers
+    }
+
+    /// The RSS watch: kills every worker over its `memory_mb`; their owners see the exit.
+    func enforceMemoryLimits() {
+        for entry in live.values { _ = entry.process.enforceMemoryLimit() }
     }
 
     /// SIGTERM to every group, SIGKILL after a grace, and `waiter` resumes once all are reaped (or, for a process
@@ -46,7 +65,7 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
         stopWaiters.append(waiter)
         let alreadyStopping = stopping
         stopping = true
-        guard !live.isEmpty else { return finishStopping() }
+        guard !live.isEmpty || pendingSpawns > 0 else { return finishStopping() }
         if alreadyStopping { return }
         for entry in live.values {
             entry.process.closeStdin()

@@ -1,43 +1,70 @@
 // The public face of StatefnWorkers: invoke a function's worker and get its answer line back as JSON. Pool and
 // queue state live in one PoolStateMachine per function under a lock; every process, pipe and timer lives on the
 // event loop thread; async callers wait on continuations and never block the cooperative pool.
+import Dispatch
+import Glibc
 import Logging
 import StatefnJSON
 import Synchronization
 
-/// Runs function workers: a warm pool per function (JSON-lines processes, one request in flight each, up to
-/// `max_workers`), or one `posix_spawn`ed process per request in fork mode. Every worker runs in its own process
-/// group; at the deadline the whole group is killed. stderr lines go to the logger, never to a client.
-///
-/// Not done yet: idle workers are never reaped (`idle_timeout_ms`), `min_workers` are not started ahead of demand,
-/// and `memory_mb` is not enforced.
+/// Runs function workers: a warm pool per function (JSON-lines processes, one request in flight each, from
+/// `min_workers` up to `max_workers`, idle ones stopped after `idle_timeout_ms`), or one `posix_spawn`ed process per
+/// request in fork mode. Every worker runs in its own process group under RLIMIT_DATA and an RSS watch (no cgroup:
+/// this host has cgroup v1 and nothing writable to delegate, so that path is not built yet); at the
+/// deadline the whole group gets SIGTERM, then SIGKILL. stderr lines go to the logger, never to a client. Crashes
+/// delay the next spawn, and a crash loop makes the function answer `unhealthy` for a cool-down. `update` swaps in
+/// a rescanned functions directory: changed functions get fresh workers and the old generation drains.
 public final class WorkerPool: Sendable {
-    /// One pool per function, executable and manifest: a changed manifest gets a fresh pool.
+    /// One pool per function revision: a changed executable or manifest gets a fresh pool.
     struct PoolKey: Hashable, Sendable {
         let name: String
         let executable: String
+        let revision: String
         let manifest: FunctionManifest
         init(_ function: FunctionDefinition) {
             name = function.name
             executable = function.executable
+            revision = function.revision
             manifest = function.manifest
         }
     }
 
+    struct Entry {
+        var function: FunctionDefinition
+        var machine: PoolStateMachine<PendingRequest>
+    }
+
     struct Pools: ~Copyable {
-        var byKey: [PoolKey: PoolStateMachine<PendingRequest>] = [:]
+        var byKey: [PoolKey: Entry] = [:]
+        /// The functions as last scanned, once `update` has run: a request for an older revision goes to the
+        /// current one, and a request for a removed function is refused.
+        var current: [String: FunctionDefinition]?
         var shuttingDown = false
     }
+
+    /// What a worker's owner reports besides its comings and goings.
+    enum Event {
+        case timeout, recycle
+    }
+
+    /// Between SIGTERM and SIGKILL at a deadline.
+    static let terminationGraceMs = 1_000
+    /// How often idle workers, backoffs, cool-downs and `min_workers` are looked at.
+    static let tickMs = 100
+    /// The RSS watch runs every this many ticks.
+    static let memoryCheckTicks = 5
 
     let logger: Logger
     let loop: EventLoop
     let pools = Mutex(Pools())
     let io: WorkerIO
+    let spawners = SpawnQueues()
 
     public init(logger: Logger) {
         self.logger = logger
         loop = EventLoop()
         io = WorkerIO(loop: loop, logger: logger)
+        loop.execute { [weak self] in self?.scheduleTick(count: 0) }
     }
 
     deinit {
@@ -58,12 +85,57 @@ public final class WorkerPool: Sendable {
         return try result.get()
     }
 
+    /// Takes a rescanned functions directory: pools of changed or removed functions drain (requests in flight
+    /// finish on the old workers, idle ones stop, waiting ones move to the new code), and `min_workers` of new
+    /// and changed warm functions start ahead of demand.
+    public func update(_ catalog: FunctionCatalog) {
+        let now = Self.nowMs()
+        struct Work: Sendable {
+            var stops: [(FunctionDefinition, PoolStateMachine<PendingRequest>.Action)] = []
+            var moved: [(FunctionDefinition, PendingRequest)] = []
+        }
+        let work = pools.withLock { pools -> Work in
+            var work = Work()
+            guard !pools.shuttingDown else { return work }
+            pools.current = catalog.functions
+            for key in Array(pools.byKey.keys) where !pools.byKey[key]!.machine.draining {
+                guard catalog.functions[key.name].map(PoolKey.init) != key else { continue }
+                let function = pools.byKey[key]!.function
+                let (stop, waiting) = pools.byKey[key]!.machine.drain()
+                work.stops += stop.map { (function, .stop($0)) }
+                work.moved += waiting.map { (function, $0) }
+                if pools.byKey[key]!.machine.isFinished { pools.byKey[key] = nil }
+            }
+            for function in catalog.functions.values where function.manifest.mode == .warm {
+                guard function.manifest.minWorkers > 0 else { continue }
+                let key = PoolKey(function)
+                if pools.byKey[key] == nil { pools.byKey[key] = Entry(function: function, machine: Self.machine(for: function)) }
+                work.stops += pools.byKey[key]!.machine.tick(now: now).map { (function, $0) }
+            }
+            return work
+        }
+        for (function, action) in work.stops { perform(action, for: function) }
+        for (function, request) in work.moved { submit(request, to: function) }
+    }
+
+    /// Scans `directory` every `intervalMs` on the I/O thread (a few stat calls and small reads); on a change it
+    /// calls `update` and then `onChange` with the new catalog. `initial` is the catalog already loaded.
+    public func watchFunctions(
+        directory: String, initial: FunctionCatalog, intervalMs: Int = 500,
+        onChange: @escaping @Sendable (FunctionCatalog) -> Void
+    ) {
+        update(initial)
+        loop.execute { [weak self] in
+            self?.scheduleScan(directory: directory, last: initial, intervalMs: intervalMs, onChange: onChange)
+        }
+    }
+
     /// Stops every worker (SIGTERM to its group, a short grace, then SIGKILL) and reaps them.
     public func shutdown() async {
         let waiting = pools.withLock { pools in
             pools.shuttingDown = true
             var waiting: [PendingRequest] = []
-            for key in pools.byKey.keys { waiting += pools.byKey[key]!.shutdown() }
+            for key in pools.byKey.keys { waiting += pools.byKey[key]!.machine.shutdown() }
             return waiting
         }
         for request in waiting { request.finish(.failure(WorkerError(.shuttingDown, "the worker pool is stopping"))) }
@@ -72,42 +144,87 @@ public final class WorkerPool: Sendable {
         }
     }
 
-    /// What each function's pool holds right now, for `GET /v1/functions`, metrics and tests.
+    /// What each function's pool holds right now, for `GET /v1/functions`, metrics and tests. A function whose
+    /// code changed may show twice for a while: the draining old generation and the new one.
     public func status() async -> [WorkerPoolStatus] {
-        let counts = pools.withLock { pools in pools.byKey.mapValues(\.counts) }
-        let pids = await withCheckedContinuation { continuation in
-            loop.execute { continuation.resume(returning: self.io.pidsByPool()) }
+        let now = Self.nowMs()
+        let entries = pools.withLock { pools in
+            pools.byKey.map { key, entry in
+                (key, entry.machine.counts, entry.machine.statistics, entry.machine.draining,
+                    entry.machine.unhealthyUntil.map { max(0, $0 - now) })
+            }
         }
-        return counts.map { key, counts in
-            WorkerPoolStatus(
+        let workers = await withCheckedContinuation { continuation in
+            loop.execute { continuation.resume(returning: self.io.workersByPool()) }
+        }
+        return entries.map { key, counts, statistics, draining, unhealthyForMs in
+            let live = workers[key, default: []].sorted { $0.pid < $1.pid }
+            return WorkerPoolStatus(
                 function: key.name, mode: key.manifest.mode, busy: counts.busy, idle: counts.idle,
-                queued: counts.queued, pids: pids[key, default: []].sorted())
-        }.sorted { $0.function < $1.function }
+                queued: counts.queued, pids: live.map(\.pid), revision: key.revision, draining: draining,
+                unhealthyForMs: unhealthyForMs, workers: live, coldStarts: statistics.coldStarts,
+                crashes: statistics.crashes, timeouts: statistics.timeouts, recycles: statistics.recycles)
+        }.sorted { ($0.function, $0.draining ? 0 : 1) < ($1.function, $1.draining ? 0 : 1) }
     }
 
     // MARK: Driving the state machines
 
-    func submit(_ request: PendingRequest, to function: FunctionDefinition) {
-        let key = PoolKey(function)
-        let action = pools.withLock { pools -> PoolStateMachine<PendingRequest>.Action in
-            if pools.shuttingDown { return .reject(request, .shuttingDown) }
-            let manifest = function.manifest
-            return pools.byKey[key, default: PoolStateMachine(maxWorkers: manifest.maxWorkers, maxQueue: manifest.maxQueue)]
-                .request(request)
-        }
-        perform(action, for: function)
+    static func nowMs() -> Int { Int(monotonicNanoseconds() / 1_000_000) }
+
+    static func machine(for function: FunctionDefinition) -> PoolStateMachine<PendingRequest> {
+        let manifest = function.manifest
+        let warm = manifest.mode == .warm
+        return PoolStateMachine(
+            PoolStateMachine.Limits(
+                maxWorkers: manifest.maxWorkers, maxQueue: manifest.maxQueue, minWorkers: warm ? manifest.minWorkers : 0,
+                idleTimeoutMs: warm ? manifest.idleTimeoutMs : 0))
     }
 
-    /// A warm worker answered and may take the next request.
+    func submit(_ request: PendingRequest, to function: FunctionDefinition) {
+        let now = Self.nowMs()
+        let (action, target) = pools.withLock { pools -> (PoolStateMachine<PendingRequest>.Action?, FunctionDefinition) in
+            if pools.shuttingDown { return (.reject(request, .shuttingDown), function) }
+            var target = function
+            if let current = pools.current {
+                guard let latest = current[function.name] else { return (nil, function) }
+                target = latest
+            }
+            let key = PoolKey(target)
+            if pools.byKey[key] == nil { pools.byKey[key] = Entry(function: target, machine: Self.machine(for: target)) }
+            return (pools.byKey[key]!.machine.request(request, now: now), target)
+        }
+        guard let action else {
+            return request.finish(.failure(WorkerError(.removed, "function \(function.name) was removed")))
+        }
+        perform(action, for: target)
+    }
+
+    /// A warm worker answered, or started and is ready, and may take the next request.
     func workerFinished(_ worker: Int, of function: FunctionDefinition) {
         let key = PoolKey(function)
-        perform(pools.withLock { $0.byKey[key]?.workerFinished(worker) ?? .none }, for: function)
+        let now = Self.nowMs()
+        perform(pools.withLock { $0.byKey[key]?.machine.workerFinished(worker, now: now) ?? .none }, for: function)
     }
 
-    /// A worker is gone or going; its slot is free.
-    func workerRetired(_ worker: Int, of function: FunctionDefinition) {
+    /// A worker is gone or going; its slot is free. A crash counts towards backoff and the crash loop.
+    func workerRetired(_ worker: Int, of function: FunctionDefinition, crashed: Bool = false) {
         let key = PoolKey(function)
-        perform(pools.withLock { $0.byKey[key]?.workerRetired(worker) ?? .none }, for: function)
+        let now = Self.nowMs()
+        if crashed {
+            logger.warning("worker crashed", metadata: ["function": "\(function.name)"])
+        }
+        let actions = pools.withLock { $0.byKey[key]?.machine.workerRetired(worker, crashed: crashed, now: now) ?? [] }
+        for action in actions { perform(action, for: function) }
+    }
+
+    func note(_ event: Event, of function: FunctionDefinition) {
+        let key = PoolKey(function)
+        pools.withLock { pools in
+            switch event {
+            case .timeout: pools.byKey[key]?.machine.noteTimeout()
+            case .recycle: pools.byKey[key]?.machine.noteRecycle()
+            }
+        }
     }
 
     /// Carries out an action outside the lock. Work for the loop is queued even from the loop thread, so a worker
@@ -122,13 +239,16 @@ public final class WorkerPool: Sendable {
             loop.execute {
                 _ = self.loop.schedule(after: function.manifest.queueTimeoutMs) {
                     let key = PoolKey(function)
-                    self.perform(self.pools.withLock { $0.byKey[key]?.queueTimedOut(ticket: ticket) ?? .none }, for: function)
+                    self.perform(
+                        self.pools.withLock { $0.byKey[key]?.machine.queueTimedOut(ticket: ticket) ?? .none }, for: function)
                 }
             }
         case .run(let request, let worker):
             loop.execute { self.run(request, on: worker, of: function) }
         case .spawn(let worker, let request):
             loop.execute { self.start(worker, of: function, with: request) }
+        case .stop(let worker):
+            loop.execute { self.io.warm[WorkerIO.WarmKey(pool: PoolKey(function), worker: worker)]?.stop() }
         }
     }
 
@@ -137,16 +257,64 @@ public final class WorkerPool: Sendable {
     {
         switch rejection {
         case .queueFull:
-            WorkerError(.queueFull, "\(function.name): all \(function.manifest.maxWorkers) workers busy and "
-                + "\(function.manifest.maxQueue) requests waiting")
+            WorkerError(
+                .queueFull,
+                "\(function.name): all \(function.manifest.maxWorkers) workers busy and "
+                    + "\(function.manifest.maxQueue) requests waiting", retryAfterSeconds: 1)
         case .queueTimedOut:
-            WorkerError(.queueFull, "\(function.name): no worker free within \(function.manifest.queueTimeoutMs) ms")
+            WorkerError(
+                .queueFull, "\(function.name): no worker free within \(function.manifest.queueTimeoutMs) ms",
+                retryAfterSeconds: 1)
         case .shuttingDown:
             WorkerError(.shuttingDown, "the worker pool is stopping")
+        case .unhealthy(let retryAfterMs):
+            WorkerError(
+                .unhealthy,
+                "\(function.name): crashed \(CrashPolicy.loopCrashes) times within "
+                    + "\(CrashPolicy.loopWindowMs / 1000) s; refused until its files "
+                    + "change or the cool-down ends", retryAfterSeconds: max(1, (retryAfterMs + 999) / 1000))
         }
     }
 
     // MARK: Loop thread
+
+    private func scheduleTick(count: Int) {
+        _ = loop.schedule(after: Self.tickMs) { [weak self] in
+            guard let self, !self.io.stopping else { return }
+            self.tick(count: count)
+            self.scheduleTick(count: count + 1)
+        }
+    }
+
+    private func tick(count: Int) {
+        let now = Self.nowMs()
+        let work = pools.withLock { pools -> [(FunctionDefinition, PoolStateMachine<PendingRequest>.Action)] in
+            var work: [(FunctionDefinition, PoolStateMachine<PendingRequest>.Action)] = []
+            for key in Array(pools.byKey.keys) {
+                let function = pools.byKey[key]!.function
+                work += pools.byKey[key]!.machine.tick(now: now).map { (function, $0) }
+                if pools.byKey[key]!.machine.isFinished { pools.byKey[key] = nil }
+            }
+            return work
+        }
+        for (function, action) in work { perform(action, for: function) }
+        if count % Self.memoryCheckTicks == 0 { io.enforceMemoryLimits() }
+    }
+
+    private func scheduleScan(
+        directory: String, last: FunctionCatalog, intervalMs: Int,
+        onChange: @escaping @Sendable (FunctionCatalog) -> Void
+    ) {
+        _ = loop.schedule(after: intervalMs) { [weak self] in
+            guard let self, !self.io.stopping else { return }
+            let scanned = FunctionCatalog.scan(directory: directory)
+            if scanned != last {
+                self.update(scanned)
+                onChange(scanned)
+            }
+            self.scheduleScan(directory: directory, last: scanned, intervalMs: intervalMs, onChange: onChange)
+        }
+    }
 
     private func run(_ request: PendingRequest, on worker: Int, of function: FunctionDefinition) {
         guard let warm = io.warm[WorkerIO.WarmKey(pool: PoolKey(function), worker: worker)], warm.isAvailable else {
@@ -158,28 +326,68 @@ public final class WorkerPool: Sendable {
         warm.send(request)
     }
 
-    private func start(_ worker: Int, of function: FunctionDefinition, with request: PendingRequest) {
+    /// Spawns off the loop thread: posix_spawn blocks its caller until the child has exec'd, and a burst of fork
+    /// runs would otherwise stall every worker's I/O behind it.
+    private func start(_ worker: Int, of function: FunctionDefinition, with request: PendingRequest?) {
+        guard !io.stopping else {
+            request?.finish(.failure(WorkerError(.shuttingDown, "the worker pool is stopping")))
+            return workerRetired(worker, of: function)
+        }
+        io.pendingSpawns += 1
+        spawners.next().async {
+            let spawned = Result { () throws(WorkerError) in try Spawner.spawn(function) }
+            self.loop.execute { self.started(worker, of: function, with: request, spawned) }
+        }
+    }
+
+    private func started(
+        _ worker: Int, of function: FunctionDefinition, with request: PendingRequest?,
+        _ spawned: Result<SpawnedProcess, WorkerError>
+    ) {
+        io.pendingSpawns -= 1
         let process: WorkerProcess
-        do throws(WorkerError) {
-            guard !io.stopping else { throw WorkerError(.shuttingDown, "the worker pool is stopping") }
-            process = try WorkerProcess(spawning: function, loop: loop, logger: logger)
-        } catch {
+        switch spawned {
+        case .failure(let error):
             logger.error("cannot start worker: \(error.detail)", metadata: ["function": "\(function.name)"])
-            request.finish(.failure(error))
-            workerRetired(worker, of: function)
+            request?.finish(.failure(error))
+            workerRetired(worker, of: function, crashed: !io.stopping)
+            io.spawnSettled()
             return
+        case .success(let spawned):
+            process = WorkerProcess(spawned, of: function, loop: loop, logger: logger)
         }
         let key = PoolKey(function)
         io.started(process, in: key)
+        if io.stopping {
+            // The pool stopped while this one was starting: end it; its reaping completes the stop.
+            process.signalGroup(SIGKILL)
+            request?.finish(.failure(WorkerError(.shuttingDown, "the worker pool is stopping")))
+            return
+        }
         switch function.manifest.mode {
         case .warm:
             let warm = WarmWorker(id: worker, function: function, process: process, pool: self)
-            let warmKey = WorkerIO.WarmKey(pool: key, worker: worker)
-            io.warm[warmKey] = warm
-            warm.send(request)
+            io.warm[WorkerIO.WarmKey(pool: key, worker: worker)] = warm
+            warm.start(request)
         case .fork:
+            guard let request else {
+                // Fork pools never start ahead of demand (their min_workers is 0); end the stray process.
+                process.signalGroup(SIGKILL)
+                return
+            }
             ForkRun(slot: worker, function: function, process: process, pool: self).start(request)
         }
+    }
+}
+
+/// A few serial queues for spawning, used in turn: posix_spawn blocks until exec, so four can wait at once without
+/// touching Swift's cooperative threads or the I/O thread.
+final class SpawnQueues: Sendable {
+    private let queues = (0..<4).map { DispatchQueue(label: "statefn.spawn.\($0)") }
+    private let turn = Atomic<Int>(0)
+
+    func next() -> DispatchQueue {
+        queues[turn.wrappingAdd(1, ordering: .relaxed).oldValue % queues.count]
     }
 }
 
@@ -192,6 +400,26 @@ public struct WorkerPoolStatus: Sendable, Hashable {
     public var queued: Int
     /// Live worker processes, each the leader of its own process group.
     public var pids: [Int32]
+    /// The code this pool runs (`FunctionDefinition.revision`).
+    public var revision: String = ""
+    /// An old generation: its requests in flight finish, then it goes.
+    public var draining = false
+    /// In a crash loop: refused for this much longer.
+    public var unhealthyForMs: Int?
+    public var workers: [WorkerStatus] = []
+    public var coldStarts = 0
+    public var crashes = 0
+    public var timeouts = 0
+    public var recycles = 0
+}
+
+/// One live worker process.
+public struct WorkerStatus: Sendable, Hashable {
+    public var pid: Int32
+    /// starting, idle, busy or stopping.
+    public var state: String
+    public var requestsServed: Int
+    public var residentBytes: Int
 }
 
 /// A request on its way to a worker, with the caller waiting on it. Whoever holds it finishes it exactly once.
@@ -199,6 +427,8 @@ struct PendingRequest: Sendable {
     let id: String
     let line: [UInt8]
     let continuation: CheckedContinuation<Result<JSONValue, WorkerError>, Never>
+    /// Sent once more after a worker left cleanly without reading it; never twice.
+    var retried = false
 
     func finish(_ result: Result<JSONValue, WorkerError>) { continuation.resume(returning: result) }
 }

@@ -6,12 +6,23 @@ import Logging
 /// Owns a worker's pipes and pidfd and reaps its pid; its owner (a warm worker or a fork run) sees only lines and
 /// the exit. The event loop's registrations keep it alive until it is reaped, so no process is ever forgotten.
 final class WorkerProcess: @unchecked Sendable {  // confined to the event loop thread
-    static let stdoutLineLimit = 8 << 20
     static let stderrLineLimit = 16 << 10
+
+    /// What the worker is doing, for `GET /v1/functions`; its owner keeps it current.
+    enum State: String {
+        case starting, idle, busy, stopping
+    }
 
     let pid: pid_t
     let function: String
+    /// The manifest's `max_response_bytes`.
+    let stdoutLineLimit: Int
+    let memoryLimitBytes: Int
     private(set) var exited = false
+    var state = State.starting
+    var served = 0
+    /// Set when the RSS watch killed it, so its owner can say why it died.
+    private(set) var killedForMemory = false
     /// Each complete stdout line, without its newline. `truncated` means it was over `stdoutLineLimit`.
     var onLine: (_ line: [UInt8], _ truncated: Bool) -> Void = { _, _ in }
     /// stdout reached end of file while the process may still be running.
@@ -29,16 +40,19 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
     private var stdoutWatch: EventLoop.Watch?
     private var stderrWatch: EventLoop.Watch?
     private var pidfdWatch: EventLoop.Watch?
-    private var stdoutLines = LineFramer(limit: WorkerProcess.stdoutLineLimit)
+    private var stdoutLines: LineFramer
     private var stderrLines = LineFramer(limit: WorkerProcess.stderrLineLimit)
     private var unwritten: [UInt8] = []
     private var written = 0
     private var closeStdinWhenWritten = false
 
-    init(spawning definition: FunctionDefinition, loop: EventLoop, logger: Logger) throws(WorkerError) {
-        let spawned = try Spawner.spawn(definition)
+    /// Takes over a process `Spawner.spawn` started; from here on it lives on the loop thread.
+    init(_ spawned: SpawnedProcess, of definition: FunctionDefinition, loop: EventLoop, logger: Logger) {
         pid = spawned.pid
         function = definition.name
+        stdoutLineLimit = definition.manifest.maxResponseBytes
+        stdoutLines = LineFramer(limit: stdoutLineLimit)
+        memoryLimitBytes = definition.manifest.memoryMB << 20
         self.loop = loop
         self.logger = logger
         stdin = spawned.stdin
@@ -75,6 +89,34 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
     func signalGroup(_ signal: Int32) {
         guard !exited else { return }
         kill(-pid, signal)
+    }
+
+    /// The leader's resident set in bytes, from /proc/<pid>/statm; nil once it is gone.
+    func residentBytes() -> Int? {
+        guard !exited, let text = readProcFile("/proc/\(pid)/statm") else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return nil }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    /// Kills the group if the leader's resident set is over `memory_mb`: RLIMIT_DATA does not cover everything
+    /// (shared mappings, memory a runtime maps itself), so this is the backstop. Returns whether it did.
+    func enforceMemoryLimit() -> Bool {
+        guard !killedForMemory, let resident = residentBytes(), resident > memoryLimitBytes else { return false }
+        killedForMemory = true
+        logger.warning(
+            "worker over memory_mb (\(resident >> 20) MiB resident); killing it",
+            metadata: ["function": "\(function)", "pid": "\(pid)"])
+        signalGroup(SIGKILL)
+        return true
+    }
+
+    /// A deadline: SIGTERM to the group, so a worker can clean up, then SIGKILL after `graceMs` for whatever
+    /// is left (a worker that ignores SIGTERM, or grandchildren that do).
+    func terminateGroup(graceMs: Int) {
+        guard !exited else { return }
+        signalGroup(SIGTERM)
+        _ = loop.schedule(after: graceMs) { self.signalGroup(SIGKILL) }
     }
 
     // MARK: Events
@@ -194,4 +236,15 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         if truncated { text += "…[truncated]" }
         logger.info("\(text)", metadata: ["function": "\(function)", "pid": "\(pid)"])
     }
+}
+
+/// A small /proc file's text; wraps open(2) and read(2). /proc reads never block on I/O.
+func readProcFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 512)
+    let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+    guard count > 0 else { return nil }
+    return String(decoding: buffer[..<count], as: UTF8.self)
 }

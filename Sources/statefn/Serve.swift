@@ -7,6 +7,7 @@ import StatefnCore
 import StatefnHTTP
 import StatefnPostgres
 import StatefnWorkers
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -108,6 +109,14 @@ struct Serve: AsyncParsableCommand {
         let gateway = Gateway(
             configuration: gatewayConfiguration, catalog: catalog, workers: workers, pool: pool,
             authenticator: authenticator, logger: logger)
+        workers.watchFunctions(directory: functionsDirectory, initial: catalog) { [previous = Mutex(catalog)] next in
+            let before = previous.withLock { old in
+                defer { old = next }
+                return old
+            }
+            logCatalogChange(from: before, to: next, logger: logger)
+            gateway.replaceCatalog(next)
+        }
         let server = HTTPServer(
             configuration: HTTPServerConfiguration(
                 host: address.host, port: address.port, threads: httpThreads, maxBodyBytes: maxBodyBytes),
@@ -127,6 +136,23 @@ struct Serve: AsyncParsableCommand {
         await server.stop(gracePeriod: .seconds(gracePeriod))
         await workers.shutdown()
         logger.info("stopped")
+    }
+}
+
+/// One log line per function that appeared, changed, went away or failed in a rescan of the functions directory.
+func logCatalogChange(from old: FunctionCatalog, to new: FunctionCatalog, logger: Logger) {
+    for (name, definition) in new.functions.sorted(by: { $0.key < $1.key }) {
+        if let before = old.functions[name] {
+            if before != definition { logger.info("function changed; old workers drain", metadata: ["function": "\(name)"]) }
+        } else {
+            logger.info("function added", metadata: ["function": "\(name)"])
+        }
+    }
+    for name in old.functions.keys.sorted() where new.functions[name] == nil && new.failures[name] == nil {
+        logger.info("function removed", metadata: ["function": "\(name)"])
+    }
+    for (name, reason) in new.failures.sorted(by: { $0.key < $1.key }) where old.failures[name] != reason {
+        logger.error("function failed to load", metadata: ["function": "\(name)", "reason": "\(reason)"])
     }
 }
 

@@ -85,6 +85,10 @@ struct AuthTests {
             #expect(
                 try client.request("GET", "/v1/whoami/alice", headers: Self.bearer(alice)).status == 403,
                 "invoke is not read")
+            #expect(
+                try client.request("GET", "/v1/functions", headers: Self.bearer(alice)).status == 403,
+                "the function listing needs admin")
+            #expect(try client.request("GET", "/v1/functions").status == 401)
             let badOnPublic = try client.request(
                 "POST", "/v1/whoami/x/hello", body: "{}", headers: Self.bearer("sfn_zz"))
             #expect(badOnPublic.status == 401, "a bad credential is refused even on a public command")
@@ -247,6 +251,7 @@ struct AuthTests {
                     try client.request("POST", "/v1/counter/a/increment", body: "{}", headers: Self.bearer(key)).status
                         == 200)
                 #expect(try client.request("GET", "/v1/counter/a/get").status == 200, "get is public for counter")
+                #expect(try client.request("GET", "/v1/functions", headers: Self.bearer(key)).status == 200)
             }
             #expect(gateway.stop() == 0)
         }

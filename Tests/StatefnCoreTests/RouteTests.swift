@@ -13,6 +13,7 @@ struct RouteTests {
         #expect(try Route.parse(method: "GET", path: "/v1/counter/alice") == .rawState(function: "counter", entity: "alice"))
         #expect(try Route.parse(method: "GET", path: "/healthz") == .healthz)
         #expect(try Route.parse(method: "HEAD", path: "/readyz") == .readyz)
+        #expect(try Route.parse(method: "GET", path: "/v1/functions") == .functions)
     }
 
     @Test func entityIdsArePercentDecoded() throws {
@@ -36,6 +37,7 @@ struct RouteTests {
         ("GET", "/v1/a/b/c/d", 404),
         ("PUT", "/v1/counter/a/inc", 405),
         ("POST", "/healthz", 405),
+        ("POST", "/v1/functions", 405),
     ])
     func refusals(method: String, path: String, status: Int) {
         #expect(throws: RouteError.self) { try Route.parse(method: method, path: path) }

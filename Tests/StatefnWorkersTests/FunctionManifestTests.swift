@@ -22,6 +22,23 @@ import Testing
         #expect(manifest.stateless == false)
     }
 
+    @Test func responseCapAndReadyHandshakeFields() throws {
+        let defaults = FunctionManifest()
+        #expect(defaults.maxResponseBytes == 8 << 20)
+        #expect(defaults.initTimeoutMs == 0)
+        let manifest = try FunctionManifest.parse(["max_response_bytes": 2048, "init_timeout_ms": 300])
+        #expect(manifest.maxResponseBytes == 2048)
+        #expect(manifest.initTimeoutMs == 300)
+        #expect(throws: WorkerError.self) { try FunctionManifest.parse(["max_response_bytes": 10]) }
+        #expect(throws: WorkerError.self) { try FunctionManifest.parse(["init_timeout_ms": -1]) }
+        // The listing shows every field, and names env variables without their values.
+        var withEnv = FunctionManifest()
+        withEnv.env = ["API_TOKEN": "secret"]
+        #expect(withEnv.json["env"] == ["API_TOKEN": "<redacted>"])
+        #expect(withEnv.json["max_response_bytes"] == 8_388_608)
+        #expect(withEnv.json.objectValue?.count == 15)
+    }
+
     @Test func everyFieldIsRead() throws {
         let manifest = try FunctionManifest.parse(
             try JSONValue.parse(

@@ -43,13 +43,13 @@ import Testing
         var pool = Machine(maxWorkers: 1, maxQueue: 5)
         guard case .spawn(let worker, _) = pool.request("a") else { Issue.record("expected spawn"); return }
         _ = pool.request("b")
-        guard case .spawn(let replacement, for: "b") = pool.workerRetired(worker) else {
+        guard case .spawn(let replacement, for: "b")? = pool.workerRetired(worker).first else {
             Issue.record("expected a replacement for b")
             return
         }
         #expect(replacement != worker)
-        guard case .none = pool.workerRetired(worker) else { Issue.record("retiring twice must do nothing"); return }
-        guard case .none = pool.workerRetired(replacement) else { Issue.record("nothing waits"); return }
+        #expect(pool.workerRetired(worker).isEmpty, "retiring twice must do nothing")
+        #expect(pool.workerRetired(replacement).isEmpty, "nothing waits")
         #expect(pool.counts == .init(busy: 0, idle: 0, queued: 0))
     }
 
@@ -81,6 +81,115 @@ import Testing
         _ = pool.request("c")
         #expect(pool.shutdown() == ["b", "c"])
         guard case .reject("d", .shuttingDown) = pool.request("d") else { Issue.record("expected refusal"); return }
-        guard case .none = pool.workerRetired(worker) else { Issue.record("no respawn while stopping"); return }
+        #expect(pool.workerRetired(worker).isEmpty, "no respawn while stopping")
+    }
+
+    // MARK: With a fake clock
+
+    typealias Limits = Machine.Limits
+
+    /// The spawned worker's id, or nil (recording an issue) if the action is not a spawn.
+    func spawned(_ action: Machine.Action?, for request: String? = nil) -> Int? {
+        guard case .spawn(let worker, let sent)? = action, sent == request else {
+            Issue.record("expected a spawn for \(request ?? "nothing"), got \(String(describing: action))")
+            return nil
+        }
+        return worker
+    }
+
+    @Test func minWorkersStartAheadOfDemandAndStayThroughIdleTimeouts() throws {
+        var pool = Machine(Limits(maxWorkers: 4, maxQueue: 10, minWorkers: 2, idleTimeoutMs: 1_000))
+        let started = pool.tick(now: 0)
+        #expect(started.count == 2)
+        let ids = try started.map { try #require(spawned($0)) }
+        #expect(pool.tick(now: 10).isEmpty, "still starting: no more spawns")
+        for id in ids { _ = pool.workerFinished(id, now: 100) }
+        #expect(pool.counts == .init(busy: 0, idle: 2, queued: 0))
+        // A burst grows the pool; after the idle timeout it shrinks back to min_workers, oldest idle first.
+        guard case .run("a", on: _) = pool.request("a", now: 200), case .run("b", on: _) = pool.request("b", now: 200)
+        else { Issue.record("expected the warm workers"); return }
+        let third = try #require(spawned(pool.request("c", now: 200), for: "c"))
+        #expect(pool.statistics.coldStarts == 3)
+        for id in ids + [third] { _ = pool.workerFinished(id, now: 300) }
+        #expect(pool.tick(now: 1_299).isEmpty)
+        let stopped = pool.tick(now: 1_300)
+        #expect(stopped.count == 1)
+        guard case .stop? = stopped.first else { Issue.record("expected a stop"); return }
+        #expect(pool.counts == .init(busy: 0, idle: 2, queued: 0))
+        #expect(pool.tick(now: 60_000).isEmpty, "min_workers stay")
+    }
+
+    @Test func scaleToZeroWithoutMinWorkers() throws {
+        var pool = Machine(Limits(maxWorkers: 2, maxQueue: 10, minWorkers: 0, idleTimeoutMs: 500))
+        #expect(pool.tick(now: 0).isEmpty)
+        let worker = try #require(spawned(pool.request("a", now: 0), for: "a"))
+        _ = pool.workerFinished(worker, now: 50)
+        guard case .stop(worker)? = pool.tick(now: 550).first else { Issue.record("expected the worker to stop"); return }
+        #expect(pool.counts == .init(busy: 0, idle: 0, queued: 0))
+    }
+
+    @Test func crashesBackOffExponentiallyThenACrashLoopRefusesUntilTheCoolDown() throws {
+        var pool = Machine(Limits(maxWorkers: 1, maxQueue: 10))
+        var now = 0
+        var first = try #require(spawned(pool.request("r0", now: now), for: "r0"))
+        var backoff = CrashPolicy.firstBackoffMs
+        for round in 1..<CrashPolicy.loopCrashes {
+            #expect(pool.workerRetired(first, crashed: true, now: now).isEmpty)
+            // Within the backoff a request waits rather than spawning at once.
+            guard case .armQueueTimer = pool.request("r\(round)", now: now) else { Issue.record("expected a wait"); return }
+            #expect(pool.tick(now: now + backoff - 1).isEmpty)
+            first = try #require(spawned(pool.tick(now: now + backoff).first, for: "r\(round)"))
+            now += backoff
+            backoff *= 2
+        }
+        _ = pool.request("waiting", now: now)
+        let refused = pool.workerRetired(first, crashed: true, now: now)
+        guard case .reject("waiting", .unhealthy(let retryAfter))? = refused.first else {
+            Issue.record("the waiting request is refused: \(refused)")
+            return
+        }
+        #expect(retryAfter == CrashPolicy.coolDownMs)
+        guard case .reject("x", .unhealthy(let later)) = pool.request("x", now: now + 1_000) else {
+            Issue.record("expected unhealthy")
+            return
+        }
+        #expect(later == CrashPolicy.coolDownMs - 1_000)
+        #expect(pool.statistics.crashes == CrashPolicy.loopCrashes)
+        // After the cool-down it tries again at once.
+        #expect(spawned(pool.request("y", now: now + CrashPolicy.coolDownMs), for: "y") != nil)
+    }
+
+    @Test func aGoodAnswerResetsTheBackoff() throws {
+        var pool = Machine(Limits(maxWorkers: 2, maxQueue: 10))
+        let one = try #require(spawned(pool.request("a", now: 0), for: "a"))
+        let two = try #require(spawned(pool.request("b", now: 0), for: "b"))
+        _ = pool.workerRetired(one, crashed: true, now: 0)
+        _ = pool.workerFinished(two, now: 10)
+        guard case .run("c", on: two) = pool.request("c", now: 20) else { Issue.record("expected the idle worker"); return }
+        #expect(spawned(pool.request("d", now: 20), for: "d") != nil, "no backoff after a good answer")
+    }
+
+    @Test func drainingStopsIdleWorkersAndBusyOnesWhenTheyFinish() throws {
+        var pool = Machine(Limits(maxWorkers: 2, maxQueue: 10))
+        let one = try #require(spawned(pool.request("a", now: 0), for: "a"))
+        let two = try #require(spawned(pool.request("b", now: 0), for: "b"))
+        _ = pool.request("c", now: 0)
+        _ = pool.workerFinished(one, now: 5)  // takes c
+        _ = pool.workerFinished(one, now: 6)  // idles
+        let (stopped, waiting) = pool.drain()
+        #expect(stopped == [one])
+        #expect(waiting.isEmpty)
+        #expect(!pool.isFinished)
+        guard case .stop(two) = pool.workerFinished(two, now: 7) else { Issue.record("expected a stop"); return }
+        #expect(pool.isFinished)
+        guard case .reject("late", .shuttingDown) = pool.request("late", now: 8) else { Issue.record("refused"); return }
+    }
+
+    @Test func drainingHandsBackWaitingRequestsInOrder() throws {
+        var pool = Machine(Limits(maxWorkers: 1, maxQueue: 10))
+        _ = try #require(spawned(pool.request("a", now: 0), for: "a"))
+        _ = pool.request("b", now: 1)
+        _ = pool.request("c", now: 2)
+        #expect(pool.drain().waiting == ["b", "c"])
     }
 }

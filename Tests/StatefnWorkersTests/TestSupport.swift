@@ -112,3 +112,45 @@ func failureCode(_ body: () async throws -> JSONValue) async -> WorkerError.Code
         return (error as? WorkerError)?.code
     }
 }
+
+/// Live processes (zombies included) whose command line mentions `text`, such as a fixture's path; from /proc.
+func processes(mentioning text: String) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { Int32($0) }.filter { pid in
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        return String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).contains(text)
+    }
+}
+
+/// No process of fixture `name` is left, none of the groups in `groups` has a member, and this process has no
+/// zombie children: what every misbehaving fixture must leave behind.
+func leavesNoStrays(_ name: String, groups: [Int32] = []) async -> Bool {
+    let path = Paths.fixtures + "/" + name
+    return await eventually(seconds: 15) {
+        processes(mentioning: path).isEmpty && groups.allSatisfy { !groupExists($0) } && zombieChildren().isEmpty
+    }
+}
+
+/// A temporary functions directory, removed when the test ends.
+final class TemporaryDirectory: Sendable {
+    let path: String
+    init() {
+        path = NSTemporaryDirectory() + "statefn-workers-" + UUID().uuidString
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    /// Writes an executable atomically (write aside, then rename), as a deploy should.
+    func install(_ name: String, _ text: String) {
+        let aside = path + "/." + name + ".new"
+        FileManager.default.createFile(atPath: aside, contents: Data(text.utf8), attributes: [.posixPermissions: 0o755])
+        _ = rename(aside, path + "/" + name)
+    }
+}
+
+/// The process group a timeout terminated, from its detail ("… process group 1234 terminated").
+func terminatedGroup(_ error: WorkerError) -> Int32? {
+    let words = error.detail.split(separator: " ")
+    guard let index = words.firstIndex(of: "terminated"), index > 0 else { return nil }
+    return Int32(words[index - 1])
+}

@@ -15,3 +15,6 @@ int clinux_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int lowest);
 int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
 // pidfd_open gives a descriptor that epoll reports readable when the process exits.
 int clinux_pidfd_open(pid_t pid);
+// prlimit sets another process's limit; RLIMIT_DATA caps a worker's heap and private writable mappings without
+// counting the address space that V8, the JVM and Go reserve but never touch (RLIMIT_AS would).
+int clinux_limit_data(pid_t pid, unsigned long long bytes);

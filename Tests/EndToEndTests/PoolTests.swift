@@ -1,0 +1,223 @@
+// The function pool through the built binary: hot reload under load, the functions listing, a crash loop's 503,
+// and a graceful stop with a request in flight.
+import Foundation
+import StatefnJSON
+import StatefnTestSupport
+import Synchronization
+import Testing
+
+/// A functions directory of the test's own, with deploys done the safe way (write aside, rename into place).
+final class FunctionsDirectory: Sendable {
+    let path: String
+    init() {
+        path = NSTemporaryDirectory() + "statefn-e2e-functions-" + UUID().uuidString.prefix(8)
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        chmod(path, 0o755)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    func install(_ name: String, _ text: String, mode: Int = 0o755) {
+        let aside = path + "/." + name + ".new"
+        FileManager.default.createFile(atPath: aside, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        _ = rename(aside, path + "/" + name)
+    }
+
+    func remove(_ name: String) { try? FileManager.default.removeItem(atPath: path + "/" + name) }
+
+    /// A stateless echo action that says which version of its code answered.
+    static func action(version: Int) -> String {
+        """
+        #!/usr/bin/env python3
+        import json, os, sys, time
+        for line in sys.stdin:
+            request = json.loads(line)
+            payload = request.get("payload") or {}
+            if payload.get("sleep_ms"):
+                time.sleep(payload["sleep_ms"] / 1000)
+            if payload.get("crash"):
+                sys.exit(3)
+            print(json.dumps({"id": request["id"], "reply": {"version": \(version), "pid": os.getpid()}}), flush=True)
+        """
+    }
+}
+
+/// Polls `condition` on this thread for up to `seconds`.
+func waitFor(seconds: Double = 20, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try condition() { return true }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+    return try condition()
+}
+
+@Suite("function pool, end to end")
+struct PoolTests {
+    @Test("replacing, adding and removing functions under load: no request fails, new code answers")
+    func hotReloadUnderLoad() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let functions = FunctionsDirectory()
+        functions.install("hot", FunctionsDirectory.action(version: 1))
+        functions.install("hot.json", #"{"stateless": true}"#, mode: 0o644)
+        let gateway = try await onThread {
+            try GatewayProcess(arguments: ["--functions", functions.path], environment: ["DATABASE_URL": database])
+        }
+        let loadDone = Atomic<Bool>(false)
+        let results = try await onThreads(7) { index -> [Int: Int] in
+            let client = gateway.client()
+            if index > 0 {
+                // Load: count the statuses, and remember the newest version that answered.
+                var statuses: [Int: Int] = [:]
+                while !loadDone.load(ordering: .acquiring) {
+                    let response = try client.request("POST", "/v1/hot/ping", body: "{}")
+                    statuses[response.status, default: 0] += 1
+                }
+                return statuses
+            }
+            defer { loadDone.store(true, ordering: .releasing) }
+            func version() throws -> Int64? {
+                let response = try client.request("POST", "/v1/hot/ping", body: "{}")
+                return try JSONValue.parse(response.text, limits: .client)["version"]?.integerValue
+            }
+            #expect(try version() == 1)
+            Thread.sleep(forTimeInterval: 0.5)
+            for next in 2...3 {
+                functions.install("hot", FunctionsDirectory.action(version: next))
+                #expect(try waitFor { try version() == Int64(next) }, "version \(next) never answered")
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+            return [:]
+        }
+        let statuses = results.dropFirst().reduce(into: [Int: Int]()) { total, counts in
+            total.merge(counts, uniquingKeysWith: +)
+        }
+        #expect(statuses.keys.sorted() == [200], "statuses under reload: \(statuses)")
+        #expect((statuses[200] ?? 0) > 0)
+
+        try await onThread {
+            let client = gateway.client()
+            functions.install("fresh", FunctionsDirectory.action(version: 7))
+            functions.install("fresh.json", #"{"stateless": true, "min_workers": 1}"#, mode: 0o644)
+            #expect(try waitFor { try client.request("POST", "/v1/fresh/ping", body: "{}").status == 200 })
+            functions.remove("hot")
+            #expect(try waitFor { try client.request("POST", "/v1/hot/ping", body: "{}").status == 404 })
+            functions.install("broken", FunctionsDirectory.action(version: 1))
+            functions.install("broken.json", #"{"max_wrokers": 2}"#, mode: 0o644)
+            functions.install("noexec", FunctionsDirectory.action(version: 1), mode: 0o644)
+
+            var listing: JSONValue = nil
+            #expect(
+                try waitFor {
+                    listing = try JSONValue.parse(client.request("GET", "/v1/functions").text, limits: .client)
+                    return listing["failed"]?.arrayValue?.count == 2
+                })
+            let failed = listing["failed"]?.arrayValue ?? []
+            #expect(failed.map { $0["name"] } == ["broken", "noexec"])
+            #expect(failed.first?["reason"]?.stringValue?.contains("max_wrokers") == true)
+            #expect(failed.last?["reason"]?.stringValue?.contains("executable") == true)
+            let listed = listing["functions"]?.arrayValue ?? []
+            #expect(listed.map { $0["name"] } == ["fresh"])
+            let fresh = try #require(listed.first)
+            #expect(fresh["mode"] == "warm")
+            #expect(fresh["manifest"]?["stateless"] == true)
+            #expect(fresh["manifest"]?["min_workers"] == 1)
+            #expect(fresh["manifest"]?["memory_mb"] == 512)
+            #expect(fresh["healthy"] == true)
+            #expect(fresh["queue_depth"] == 0)
+            #expect(fresh["cold_starts"]?.integerValue ?? 0 >= 1)
+            for key in ["crashes", "timeouts", "recycles"] { #expect(fresh[key] == 0, "\(key)") }
+            // The worker started ahead of demand, and any the first request started while it got ready.
+            let workers = fresh["workers"]?.arrayValue ?? []
+            #expect(!workers.isEmpty)
+            #expect(workers.contains { $0["requests_served"]?.integerValue ?? 0 >= 1 })
+            for worker in workers {
+                #expect(worker["state"] == "idle")
+                #expect(worker["rss_bytes"]?.integerValue ?? 0 > 0)
+                #expect(worker["pid"]?.integerValue ?? 0 > 1)
+                #expect(worker["generation"] == "current")
+            }
+            // The other functions kept serving through all of it.
+            #expect(try client.request("POST", "/v1/fresh/ping", body: "{}").status == 200)
+            #expect(gateway.stop() == 0)
+        }
+        #expect(gateway.logs.contains { $0.contains("function changed; old workers drain") })
+    }
+
+    @Test("a crash loop answers 503 with Retry-After until the executable changes")
+    func crashLoop() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let functions = FunctionsDirectory()
+        functions.install("flaky", FunctionsDirectory.action(version: 1))
+        functions.install("flaky.json", #"{"stateless": true}"#, mode: 0o644)
+        try await onThread {
+            let gateway = try GatewayProcess(
+                arguments: ["--functions", functions.path], environment: ["DATABASE_URL": database])
+            let client = gateway.client()
+            var statuses: [Int] = []
+            var unhealthy: TestHTTPResponse?
+            for _ in 0..<10 where unhealthy == nil {
+                let response = try client.request("POST", "/v1/flaky/crash", body: #"{"crash": true}"#)
+                statuses.append(response.status)
+                if response.status == 503 { unhealthy = response }
+            }
+            #expect(statuses.prefix(5).allSatisfy { $0 == 502 }, "\(statuses)")
+            let refused = try #require(unhealthy)
+            #expect(Int(refused.headers["retry-after"] ?? "") ?? 0 > 0)
+            #expect(refused.headers["content-type"] == "application/problem+json")
+            #expect(try client.request("POST", "/v1/flaky/ping", body: "{}").status == 503)
+            let listing = try JSONValue.parse(client.request("GET", "/v1/functions").text, limits: .client)
+            #expect(listing["functions"]?.arrayValue?.first?["healthy"] == false)
+            #expect(listing["functions"]?.arrayValue?.first?["crashes"] == 5)
+
+            functions.install("flaky", FunctionsDirectory.action(version: 2))
+            #expect(try waitFor { try client.request("POST", "/v1/flaky/ping", body: "{}").status == 200 })
+            #expect(gateway.stop() == 0)
+        }
+    }
+
+    @Test("SIGTERM lets the request in flight finish, stops the workers and exits 0; workers never see secrets")
+    func gracefulStop() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let functions = FunctionsDirectory()
+        functions.install("slow", FunctionsDirectory.action(version: 1))
+        functions.install("slow.json", #"{"stateless": true, "min_workers": 2}"#, mode: 0o644)
+        functions.install(
+            "envdump",
+            """
+            #!/usr/bin/env python3
+            import json, os, sys
+            for line in sys.stdin:
+                print(json.dumps({"id": json.loads(line)["id"], "reply": dict(os.environ)}), flush=True)
+            """)
+        functions.install("envdump.json", #"{"stateless": true, "env": {"GREETING": "hi"}}"#, mode: 0o644)
+        let gateway = try await onThread {
+            try GatewayProcess(
+                arguments: ["--functions", functions.path],
+                environment: ["DATABASE_URL": database, "STATEFN_LOG_LEVEL": "info", "STATEFN_SECRET_FOR_TEST": "x"])
+        }
+        let env = try await onThread {
+            try JSONValue.parse(gateway.client().request("POST", "/v1/envdump/show", body: "{}").text, limits: .client)
+        }
+        let names = env.objectValue?.keys ?? []
+        #expect(env["GREETING"] == "hi")
+        #expect(!names.contains("DATABASE_URL"))
+        #expect(!names.contains { $0.hasPrefix("STATEFN_") }, "\(names)")
+        #expect(Set(names).isSubset(of: ["GREETING", "PATH", "LANG", "HOME", "LC_CTYPE", "PWD"]), "\(names)")
+
+        let results = try await onThreads(2) { index -> (Int, Int32, Int32) in
+            let client = gateway.client()
+            if index == 0 {
+                let response = try client.request("POST", "/v1/slow/ping", body: #"{"sleep_ms": 1500}"#)
+                let pid = try JSONValue.parse(response.text, limits: .client)["pid"]?.integerValue ?? 0
+                return (response.status, Int32(pid), 0)
+            }
+            Thread.sleep(forTimeInterval: 0.5)
+            return (0, 0, gateway.stop())
+        }
+        #expect(results[0].0 == 200)
+        #expect(results[1].2 == 0)
+        let worker = results[0].1
+        #expect(worker > 1)
+        #expect(kill(worker, 0) != 0 && errno == ESRCH, "worker \(worker) outlived the gateway")
+    }
+}
