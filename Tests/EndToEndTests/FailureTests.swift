@@ -52,6 +52,11 @@ struct FailureTests {
             #expect(change.status == 500, "a query that changes state is refused")
             #expect(try value() == #"{"value":5}"#)
 
+            // jsonb would store 1e300 as a 301-digit integer that could never be read back: refused, not committed.
+            let unstorable = try client.request("POST", "/v1/misbehave/e1/increment", body: #"{"by":1e300}"#)
+            #expect(unstorable.status == 502)
+            #expect(try value() == #"{"value":5}"#)
+
             let unknown = try client.request("POST", "/v1/nosuch/e1/increment", body: "{}")
             #expect(unknown.status == 404)
 
