@@ -21,13 +21,25 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line = JSONObject()
-        line["time"] = .string(Self.timestamp())
-        line["level"] = .string(event.level.rawValue)
-        line["msg"] = .string(event.message.description)
-        line["logger"] = .string(label)
-        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }).sorted(by: { $0.key < $1.key }) {
-            line[key] = Self.json(value)
+        // Called for every request, so the line is built without a merged dictionary when the handler has no
+        // metadata of its own, and the fixed fields are appended rather than looked up.
+        let merged: Logger.Metadata =
+            metadata.isEmpty ? event.metadata ?? [:] : metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 })
+        var pairs: [(String, JSONValue)] = [
+            ("time", .string(Self.timestamp())), ("level", .string(event.level.rawValue)),
+            ("msg", .string(event.message.description)), ("logger", .string(label)),
+        ]
+        let sorted = merged.sorted(by: { $0.key < $1.key })
+        let line: JSONObject
+        if sorted.contains(where: { Self.fixedKeys.contains($0.key) }) {
+            // A metadata key named like a fixed field replaces its value in place, as it always has.
+            var replaced = JSONObject(pairs)
+            for (key, value) in sorted { replaced[key] = Self.json(value) }
+            line = replaced
+        } else {
+            pairs.reserveCapacity(4 + sorted.count)
+            for (key, value) in sorted { pairs.append((key, Self.json(value))) }
+            line = JSONObject(pairs)
         }
         var bytes = JSONValue.object(line).encoded()
         bytes.append(UInt8(ascii: "\n"))
@@ -45,6 +57,8 @@ public struct JSONLogHandler: LogHandler {
         }
     }
 
+    private static let fixedKeys: Set<String> = ["time", "level", "msg", "logger"]
+
     private static func json(_ value: Logger.Metadata.Value) -> JSONValue {
         switch value {
         case .string(let s): return .string(s)
@@ -54,18 +68,35 @@ public struct JSONLogHandler: LogHandler {
         }
     }
 
-    /// RFC 3339 UTC with milliseconds.
+    /// RFC 3339 UTC with milliseconds, written digit by digit: no intermediate strings.
     private static func timestamp() -> String {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         var seconds = now.tv_sec
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        func pad(_ n: Int32, _ width: Int) -> String {
-            let text = String(n)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
+        return String(unsafeUninitializedCapacity: 24) { text in
+            var at = 0
+            func put(_ value: Int, _ width: Int, then separator: UInt8?) {
+                var value = value
+                for index in stride(from: at + width - 1, through: at, by: -1) {
+                    text[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                    value /= 10
+                }
+                at += width
+                if let separator {
+                    text[at] = separator
+                    at += 1
+                }
+            }
+            put(Int(parts.tm_year) + 1900, 4, then: UInt8(ascii: "-"))
+            put(Int(parts.tm_mon) + 1, 2, then: UInt8(ascii: "-"))
+            put(Int(parts.tm_mday), 2, then: UInt8(ascii: "T"))
+            put(Int(parts.tm_hour), 2, then: UInt8(ascii: ":"))
+            put(Int(parts.tm_min), 2, then: UInt8(ascii: ":"))
+            put(Int(parts.tm_sec), 2, then: UInt8(ascii: "."))
+            put(now.tv_nsec / 1_000_000, 3, then: UInt8(ascii: "Z"))
+            return at
         }
-        return
-            "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(now.tv_nsec / 1_000_000), 3))Z"
     }
 }

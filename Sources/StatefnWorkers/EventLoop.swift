@@ -28,6 +28,7 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
     private let epoll: Int32
     private let wakeup: Int32
     private let incoming = Mutex<[@Sendable () -> Void]>([])
+    private let quietIncoming = Mutex<[@Sendable () -> Void]>([])
     private let stopping = Atomic<Bool>(false)
     private let threadID = Atomic<UInt>(0)
     private var handlers: [UInt64: Handler] = [:]
@@ -72,6 +73,12 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         // The loop drains every task before it sleeps again, so only the first task since the last drain, from
         // another thread, needs to wake it.
         if wasEmpty && !inLoopThread { wake() }
+    }
+
+    /// Like `execute`, but without waking the loop: `task` runs after the next event or timer, for work that can
+    /// wait that long (the worker pool's tick fires every `WorkerPool.tickMs`).
+    func executeQuietly(_ task: @escaping @Sendable () -> Void) {
+        quietIncoming.withLock { $0.append(task) }
     }
 
     /// Ends the loop thread after the current iteration. Pending tasks and timers are dropped.
@@ -146,10 +153,15 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
 
     private func runTasks() {
         while true {
-            let tasks = incoming.withLock { tasks in
-                defer { tasks.removeAll(keepingCapacity: true) }
-                return tasks
-            }
+            let tasks =
+                incoming.withLock { tasks in
+                    defer { tasks.removeAll(keepingCapacity: true) }
+                    return tasks
+                }
+                + quietIncoming.withLock { tasks in
+                    defer { tasks.removeAll(keepingCapacity: true) }
+                    return tasks
+                }
             if tasks.isEmpty { return }
             for task in tasks { task() }
         }

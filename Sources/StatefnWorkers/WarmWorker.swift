@@ -3,7 +3,7 @@
 // must, within that time, before it gets a request.
 import Glibc
 
-final class WarmWorker: @unchecked Sendable {  // confined to the event loop thread
+final class WarmWorker: @unchecked Sendable {  // confined to the event loop thread, but for `sendDirect`
     /// How long a worker asked to finish (stdin closed) gets before SIGKILL.
     static let recycleGraceMs = 2_000
 
@@ -33,7 +33,10 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         process.onExit = { status in self.exited(status) }
     }
 
-    var isAvailable: Bool { !retired && ready && current == nil }
+    var isAvailable: Bool {
+        adoptDirectlySent(armDeadline: true)
+        return !retired && ready && current == nil
+    }
 
     /// Called once, right after spawning, with the first request or with nil for a worker started ahead of demand.
     func start(_ request: PendingRequest?) {
@@ -47,11 +50,31 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
 
     func send(_ request: PendingRequest) {
         precondition(isAvailable, "worker \(process.pid) of \(function.name) got a request while unavailable")
+        process.closeDoor()
         current = request
         process.served += 1
         process.state = .busy
         process.send(request.line, thenClose: false)
         deadline = pool.loop.schedule(after: function.manifest.timeoutMs) { self.timedOut() }
+    }
+
+    /// Any thread: writes `request` to the idle worker straight from the caller's thread if it can (see
+    /// `WorkerProcess.writeDirect`). On success the loop thread takes it on with `adoptDirectlySent`, at the latest
+    /// when the answer arrives.
+    func sendDirect(_ request: PendingRequest) -> Bool {
+        process.writeDirect(request, nowMs: WorkerPool.nowMs())
+    }
+
+    /// Takes on the request a caller wrote with `sendDirect`, if one is waiting, as `send` would have sent it; its
+    /// deadline counts from the write. Called before anything that looks at the request in flight.
+    func adoptDirectlySent(armDeadline: Bool) {
+        guard let sent = process.takeDirectlySent() else { return }
+        current = sent.request
+        process.served += 1
+        process.state = .busy
+        guard armDeadline else { return }
+        let remaining = function.manifest.timeoutMs - (WorkerPool.nowMs() - sent.atMs)
+        deadline = pool.loop.schedule(after: max(0, remaining)) { self.timedOut() }
     }
 
     /// The pool let it go (idle too long, or an old generation of the code): closing stdin ends its read loop.
@@ -66,6 +89,8 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
     // MARK: Events
 
     private func received(_ line: [UInt8], truncated: Bool) {
+        // The answer is here, so a deadline for a request sent directly would only be cancelled again.
+        adoptDirectlySent(armDeadline: false)
         if !sawFirstLine {
             sawFirstLine = true
             if !truncated && isReadyLine(line) { return becomeReady() }
@@ -113,6 +138,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
 
     private func becomeIdle() {
         process.state = .idle
+        process.openDoor()
         pool.workerFinished(id, of: function)
     }
 
@@ -154,10 +180,13 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
     }
 
     private func exited(_ status: ExitStatus) {
+        adoptDirectlySent(armDeadline: false)
         cancelDeadline()
         if let timer = initTimer { pool.loop.cancel(timer) }
         initTimer = nil
-        pool.io.warm[WorkerIO.WarmKey(pool: WorkerPool.PoolKey(function), worker: id)] = nil
+        let key = WorkerIO.WarmKey(pool: WorkerPool.PoolKey(function), worker: id)
+        pool.io.warm[key] = nil
+        pool.idleWorkers.withLock { if $0[key] === self { $0[key] = nil } }
         pool.io.reaped(process)
         let stopping = pool.io.stopping
         let request = current ?? waitingForReady
@@ -206,6 +235,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
 
     /// Takes the worker out of its pool, once, and ends it.
     private func retire(_ ending: Ending, crashed: Bool = false) {
+        process.closeDoor()
         process.state = .stopping
         switch ending {
         case .kill:

@@ -59,8 +59,14 @@ public final class WorkerPool: Sendable {
     let pools = Mutex(Pools())
     let io: WorkerIO
     let spawners = SpawnQueues()
+    /// Every warm worker, for writing a request to it straight from the caller's thread when the state machine
+    /// picked it while idle (`WarmWorker.sendDirect`); the loop thread keeps it current.
+    let idleWorkers = Mutex<[WorkerIO.WarmKey: WarmWorker]>([:])
 
     public init(logger: Logger) {
+        // Requests are written to worker pipes from callers' threads too; a worker that died must mean EPIPE there,
+        // not the end of the process. (Workers get default dispositions back: `Spawner`.)
+        signal(SIGPIPE, SIG_IGN)
         self.logger = logger
         loop = EventLoop()
         io = WorkerIO(loop: loop, logger: logger)
@@ -244,6 +250,13 @@ public final class WorkerPool: Sendable {
                 }
             }
         case .run(let request, let worker):
+            // One hop fewer when the worker is idle and the line fits the pipe at once: the loop thread then only
+            // takes the request on, when the answer arrives or a tick or other event wakes it, whichever is first.
+            let key = WorkerIO.WarmKey(pool: PoolKey(function), worker: worker)
+            if let warm = idleWorkers.withLock({ $0[key] }), warm.sendDirect(request) {
+                loop.executeQuietly { warm.adoptDirectlySent(armDeadline: true) }
+                return
+            }
             loop.execute { self.run(request, on: worker, of: function) }
         case .spawn(let worker, let request):
             loop.execute { self.start(worker, of: function, with: request) }
@@ -368,6 +381,7 @@ public final class WorkerPool: Sendable {
         case .warm:
             let warm = WarmWorker(id: worker, function: function, process: process, pool: self)
             io.warm[WorkerIO.WarmKey(pool: key, worker: worker)] = warm
+            idleWorkers.withLock { $0[WorkerIO.WarmKey(pool: key, worker: worker)] = warm }
             warm.start(request)
         case .fork:
             guard let request else {

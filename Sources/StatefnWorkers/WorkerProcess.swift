@@ -2,10 +2,11 @@
 // to the log, and finally its exit, after which it is reaped and every descriptor is closed.
 import Glibc
 import Logging
+import Synchronization
 
 /// Owns a worker's pipes and pidfd and reaps its pid; its owner (a warm worker or a fork run) sees only lines and
 /// the exit. The event loop's registrations keep it alive until it is reaped, so no process is ever forgotten.
-final class WorkerProcess: @unchecked Sendable {  // confined to the event loop thread
+final class WorkerProcess: @unchecked Sendable {  // confined to the event loop thread, except `door` (its own lock)
     static let stderrLineLimit = 16 << 10
 
     /// What the worker is doing, for `GET /v1/functions`; its owner keeps it current.
@@ -45,6 +46,15 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
     private var unwritten: [UInt8] = []
     private var written = 0
     private var closeStdinWhenWritten = false
+    /// stdin as another thread may write it while the owner allows (`openDoor`, `writeDirect`), and the request
+    /// written that way, until the loop thread takes it on. The lock also keeps `closeStdin` from closing the
+    /// descriptor under a writer.
+    private let door = Mutex(Door())
+
+    private struct Door {
+        var stdin: Int32 = -1
+        var sent: (request: PendingRequest, atMs: Int)?
+    }
 
     /// Takes over a process `Spawner.spawn` started; from here on it lives on the loop thread.
     init(_ spawned: SpawnedProcess, of definition: FunctionDefinition, loop: EventLoop, logger: Logger) {
@@ -73,9 +83,44 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         flushStdin()
     }
 
+    /// Lets one request line be written from any thread (`writeDirect`): the owner calls it when the worker is
+    /// idle, and the first direct write, `closeDoor` or `closeStdin` ends it.
+    func openDoor() {
+        guard stdin >= 0, unwritten.isEmpty else { return }
+        door.withLock { $0.stdin = stdin }
+    }
+
+    func closeDoor() {
+        door.withLock { $0.stdin = -1 }
+    }
+
+    /// Writes `request`'s line straight to stdin from the caller's thread, saving a hop through the loop thread,
+    /// if the door is open and the pipe takes the whole line at once (a line of at most PIPE_BUF bytes is written
+    /// whole or not at all). Any thread; false leaves everything as it was. SIGPIPE is ignored (`WorkerPool.init`).
+    func writeDirect(_ request: PendingRequest, nowMs: Int) -> Bool {
+        guard request.line.count <= Int(PIPE_BUF) else { return false }
+        return door.withLock { door in
+            guard door.stdin >= 0 else { return false }
+            let count = request.line.withUnsafeBytes { write(door.stdin, $0.baseAddress!, $0.count) }
+            guard count == request.line.count else { return false }
+            door.stdin = -1
+            door.sent = (request, nowMs)
+            return true
+        }
+    }
+
+    /// The request `writeDirect` sent, once: the owner takes it on as its request in flight.
+    func takeDirectlySent() -> (request: PendingRequest, atMs: Int)? {
+        door.withLock { door in
+            defer { door.sent = nil }
+            return door.sent
+        }
+    }
+
     /// Closing stdin is how a JSON-lines worker is asked to finish: its read loop ends.
     func closeStdin() {
         guard stdin >= 0 else { return }
+        closeDoor()
         if let watch = stdinWatch { loop.unwatch(watch) }
         stdinWatch = nil
         close(stdin)
