@@ -71,6 +71,22 @@ final class EntityStore: Sendable {
         return EntitySnapshot(state: state, version: version)
     }
 
+    /// jsonb keeps numbers as `numeric` and prints them without an exponent, so a double at or beyond 2^63 in
+    /// magnitude (1e300, say) would come back as an integer literal too big to read, and the entity could never be
+    /// loaded again. Such a state is refused before it is committed.
+    static func numberBeyondJSONB(_ value: JSONValue) -> Double? {
+        switch value {
+        case .double(let number) where number.magnitude >= 0x1p63: return number
+        case .array(let items):
+            for item in items { if let found = numberBeyondJSONB(item) { return found } }
+            return nil
+        case .object(let object):
+            for pair in object { if let found = numberBeyondJSONB(pair.value) { return found } }
+            return nil
+        default: return nil
+        }
+    }
+
     /// One all-or-nothing CAS transaction: state, events and outbox rows. Retried on 40001/40P01 with jittered
     /// exponential backoff; 40003 (unknown outcome) is not retried and surfaces as an error.
     func commit(_ request: CommitRequest) async throws -> CommitOutcome {

@@ -271,7 +271,7 @@ public final class Gateway: Sendable {
                 throw GatewayError(
                     413, "the new state is \(encoded.utf8.count) bytes, over max_state_bytes (\(manifest.maxStateBytes))")
             }
-            if let number = Self.numberBeyondJSONB(state) {
+            if let number = EntityStore.numberBeyondJSONB(state) {
                 throw GatewayError(
                     502, "the function returned a state the database cannot keep exactly; nothing was committed",
                     logDetail: "state holds \(number): jsonb would store it as an integer beyond 64 bits")
@@ -288,22 +288,6 @@ public final class Gateway: Sendable {
             },
             principal: principal?.json.encodedString() ?? "null")
         return request.isEmpty ? nil : request
-    }
-
-    /// jsonb keeps numbers as `numeric` and prints them without an exponent, so a double at or beyond 2^63 in
-    /// magnitude (1e300, say) would come back as an integer literal too big to read, and the entity could never be
-    /// loaded again. Such a state is refused before it is committed.
-    private static func numberBeyondJSONB(_ value: JSONValue) -> Double? {
-        switch value {
-        case .double(let number) where number.magnitude >= 0x1p63: return number
-        case .array(let items):
-            for item in items { if let found = numberBeyondJSONB(item) { return found } }
-            return nil
-        case .object(let object):
-            for pair in object { if let found = numberBeyondJSONB(pair.value) { return found } }
-            return nil
-        default: return nil
-        }
     }
 
     // MARK: Request details

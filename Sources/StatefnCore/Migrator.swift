@@ -107,7 +107,8 @@ public struct Migrator: Sendable {
     }
 }
 
-func readFile(_ path: String) -> String? {
+/// A whole text file, or nil if it cannot be read; fopen(3), fread(3).
+public func readFile(_ path: String) -> String? {
     guard let file = fopen(path, "rb") else { return nil }
     defer { fclose(file) }
     var bytes: [UInt8] = []

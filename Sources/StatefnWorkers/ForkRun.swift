@@ -37,10 +37,7 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
             if !truncated && isReadyLine(line) { return }
         }
         self.request = nil
-        let answer =
-            truncated
-            ? .failure(WorkerError(.invalidResponse, "an answer line over \(process.stdoutLineLimit) bytes (max_response_bytes)"))
-            : decodeAnswer(line, to: request.id)
+        let answer = decodeAnswer(line, truncated: truncated, limit: process.stdoutLineLimit, to: request.id)
         if case .failure = answer { process.signalGroup(SIGKILL) }
         request.finish(answer)
     }
@@ -52,12 +49,7 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
         guard let request else { return }
         self.request = nil
         pool.note(.timeout, of: function)
-        request.finish(
-            .failure(
-                WorkerError(
-                    .timedOut,
-                    "\(function.name): no answer within \(function.manifest.timeoutMs) ms; process group "
-                        + "\(process.pid) terminated")))
+        request.finish(.failure(.timedOut(function, pid: process.pid)))
     }
 
     private func exited(_ status: ExitStatus) {

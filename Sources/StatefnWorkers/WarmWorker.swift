@@ -105,10 +105,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         }
         current = nil
         cancelDeadline()
-        let answer =
-            truncated
-            ? .failure(WorkerError(.invalidResponse, "an answer line over \(process.stdoutLineLimit) bytes (max_response_bytes)"))
-            : decodeAnswer(line, to: request.id)
+        let answer = decodeAnswer(line, truncated: truncated, limit: process.stdoutLineLimit, to: request.id)
         if case .failure(let error) = answer {
             pool.logger.warning(
                 "replacing worker: \(error.detail)", metadata: ["function": "\(function.name)", "pid": "\(process.pid)"])
@@ -165,12 +162,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         current = nil
         pool.note(.timeout, of: function)
         retire(.terminate)
-        request.finish(
-            .failure(
-                WorkerError(
-                    .timedOut,
-                    "\(function.name): no answer within \(function.manifest.timeoutMs) ms; process group "
-                        + "\(process.pid) terminated")))
+        request.finish(.failure(.timedOut(function, pid: process.pid)))
     }
 
     /// It closed stdout: no answer can come any more. It gets a moment to exit on its own, which tells a clean

@@ -447,8 +447,12 @@ struct PendingRequest: Sendable {
     func finish(_ result: Result<JSONValue, WorkerError>) { continuation.resume(returning: result) }
 }
 
-/// Checks one answer line against DESIGN.md section 3: a JSON object carrying the request's id.
-func decodeAnswer(_ line: [UInt8], to requestID: String) -> Result<JSONValue, WorkerError> {
+/// Checks one answer line against DESIGN.md section 3: a JSON object carrying the request's id, within
+/// `max_response_bytes` (`truncated` says the line was cut at `limit`).
+func decodeAnswer(_ line: [UInt8], truncated: Bool, limit: Int, to requestID: String) -> Result<JSONValue, WorkerError> {
+    guard !truncated else {
+        return .failure(WorkerError(.invalidResponse, "an answer line over \(limit) bytes (max_response_bytes)"))
+    }
     let answer: JSONValue
     do {
         answer = try JSONValue.parse(line, limits: .worker)
@@ -464,6 +468,15 @@ func decodeAnswer(_ line: [UInt8], to requestID: String) -> Result<JSONValue, Wo
         return .failure(WorkerError(.protocolViolation, "answered \(id) to request \"\(requestID)\""))
     }
     return .success(answer)
+}
+
+extension WorkerError {
+    /// The deadline passed; the process group has been told to stop.
+    static func timedOut(_ function: FunctionDefinition, pid: pid_t) -> WorkerError {
+        WorkerError(
+            .timedOut,
+            "\(function.name): no answer within \(function.manifest.timeoutMs) ms; process group \(pid) terminated")
+    }
 }
 
 /// `{"ready":true}`, the optional first line of a warm worker. Fork mode skips it too, so one SDK serves both.

@@ -1,6 +1,7 @@
 // `serve --dev-key`: a development API key with scope admin:*, so `make run` works out of the box with
 // authentication on. Created on first start, kept in <data-dir>/dev-key (mode 0600), reused while it still works.
 import StatefnAuth
+import StatefnCore
 
 #if canImport(Glibc)
     import Glibc
@@ -21,14 +22,6 @@ enum DevKey {
         let (key, _) = try await store.create(name: name, scopes: ["admin:*"], expiresInSeconds: nil)
         try writePrivateFile(path, key.token + "\n", directory: dataDirectory)
         return (key.token, path)
-    }
-
-    private static func readFile(_ path: String) -> String? {
-        guard let file = fopen(path, "r") else { return nil }
-        defer { fclose(file) }
-        var buffer = [CChar](repeating: 0, count: 512)
-        guard fgets(&buffer, Int32(buffer.count), file) != nil else { return nil }
-        return string(fromNulTerminated: buffer)
     }
 
     /// Written to a temporary file created with mode 0600, then renamed, so the key is never readable by others.

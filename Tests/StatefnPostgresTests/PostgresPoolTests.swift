@@ -80,16 +80,7 @@ import StatefnTestSupport
             config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger,
             waitTimeout: .milliseconds(300))
         defer { pool.close() }
-        let release = DispatchSemaphore(value: 0)
-        let (started, startedContinuation) = AsyncStream<Void>.makeStream()
-        let holder = Task {
-            try await pool.withConnection { connection in
-                startedContinuation.yield()
-                _ = release.wait(timeout: .now() + 120)
-                return try connection.execute("SELECT 'held'").rows
-            }
-        }
-        for await _ in started { break }
+        let (release, holder) = await holdTheOnlyConnection(of: pool, thenSelect: "held")
 
         let failure = await expectPostgresError { _ = try await pool.execute("SELECT 1") }
         #expect(failure?.code == .poolTimeout)
@@ -100,16 +91,7 @@ import StatefnTestSupport
 
     @Test func aClosedPoolRefusesCallsAndFailsItsWaiters() async throws {
         let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
-        let release = DispatchSemaphore(value: 0)
-        let (started, startedContinuation) = AsyncStream<Void>.makeStream()
-        let holder = Task {
-            try await pool.withConnection { connection in
-                startedContinuation.yield()
-                _ = release.wait(timeout: .now() + 120)
-                return try connection.execute("SELECT 'finished'").rows
-            }
-        }
-        for await _ in started { break }
+        let (release, holder) = await holdTheOnlyConnection(of: pool, thenSelect: "finished")
         let waiter = Task { try await pool.execute("SELECT 1") }
         // Let the waiter queue up; either way it must end with poolClosed.
         try await Task.sleep(for: .milliseconds(200))
@@ -122,4 +104,22 @@ import StatefnTestSupport
         let late = await expectPostgresError { _ = try await pool.execute("SELECT 1") }
         #expect(late?.code == .poolClosed)
     }
+}
+
+/// Takes `pool`'s only connection and keeps it until `release` is signalled, then selects `text` on it. Returns
+/// once the connection is taken.
+private func holdTheOnlyConnection(of pool: PostgresPool, thenSelect text: String) async
+    -> (release: DispatchSemaphore, holder: Task<[[String?]], any Error>)
+{
+    let release = DispatchSemaphore(value: 0)
+    let (started, startedContinuation) = AsyncStream<Void>.makeStream()
+    let holder = Task {
+        try await pool.withConnection { connection in
+            startedContinuation.yield()
+            _ = release.wait(timeout: .now() + 120)
+            return try connection.execute("SELECT '\(text)'").rows
+        }
+    }
+    for await _ in started { break }
+    return (release, holder)
 }
