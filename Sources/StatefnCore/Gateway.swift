@@ -54,7 +54,7 @@ public final class Gateway: Sendable {
     public func handle(_ request: HTTPRequest) async -> HTTPResponse {
         let started = ContinuousClock.now
         var context = RequestContext()
-        let response: HTTPResponse
+        var response: HTTPResponse
         do {
             response = try await route(request, &context)
         } catch {
@@ -62,7 +62,11 @@ public final class Gateway: Sendable {
             context.logDetail = failure.logDetail
             response = failure.response(requestID: request.requestID)
         }
-        log(request, response, context, elapsed: ContinuousClock.now - started)
+        let elapsed = ContinuousClock.now - started
+        // Logged once the response is on its way, so that writing the line does not delay it.
+        response.afterSending = { [self, context, status = response.status] in
+            log(request, status: status, context, elapsed: elapsed)
+        }
         return response
     }
 
@@ -373,10 +377,10 @@ public final class Gateway: Sendable {
         return .json(["status": "ready", "functions": .integer(Int64(loaded)), "failed_functions": .integer(Int64(failed))])
     }
 
-    private func log(_ request: HTTPRequest, _ response: HTTPResponse, _ context: RequestContext, elapsed: Duration) {
+    private func log(_ request: HTTPRequest, status: Int, _ context: RequestContext, elapsed: Duration) {
         var metadata: Logger.Metadata = [
             "request_id": "\(request.requestID)", "method": "\(request.method)", "path": "\(request.path)",
-            "status": "\(response.status)",
+            "status": "\(status)",
             "duration_ms": "\(elapsed.milliseconds)",
         ]
         if let function = context.function { metadata["function"] = "\(function)" }
@@ -384,7 +388,7 @@ public final class Gateway: Sendable {
         if let command = context.command { metadata["command"] = "\(command)" }
         if let subject = context.subject { metadata["sub"] = "\(subject)" }
         if let detail = context.logDetail { metadata["error"] = "\(detail)" }
-        let level: Logger.Level = response.status >= 500 ? .error : (response.status >= 400 ? .notice : .info)
+        let level: Logger.Level = status >= 500 ? .error : (status >= 400 ? .notice : .info)
         logger.log(level: level, "request", metadata: metadata)
     }
 }

@@ -4,13 +4,18 @@ import Logging
 
 public typealias HTTPHandler = @Sendable (HTTPRequest) async -> HTTPResponse
 
-/// The front door: libmicrohttpd with its own thread pool and epoll. Each complete request is handed to `handler`
-/// in a Task while the connection is suspended, and resumed when the answer is ready.
+/// The front door: libmicrohttpd with its own thread pool and epoll. Each complete request is handed to `handler`,
+/// which starts on the libmicrohttpd thread (`Task.immediate`); one that finishes without waiting is answered at
+/// once, otherwise the connection is suspended and resumed when the answer is ready.
 public final class HTTPServer: Sendable {
     let core: ServerCore
 
-    public init(configuration: HTTPServerConfiguration, logger: Logger, handler: @escaping HTTPHandler) {
-        core = ServerCore(configuration: configuration, logger: logger, handler: handler)
+    /// `executor`, when given, is the task executor the handlers' tasks prefer (see `Task.immediate`).
+    public init(
+        configuration: HTTPServerConfiguration, logger: Logger, executor: (any TaskExecutor)? = nil,
+        handler: @escaping HTTPHandler
+    ) {
+        core = ServerCore(configuration: configuration, logger: logger, executor: executor, handler: handler)
     }
 
     deinit { core.stopNow() }

@@ -64,44 +64,82 @@ extension ServerCore {
         }
     }
 
-    /// Suspends the connection and runs the handler in a Task, which resumes it with the response.
+    /// Runs the handler on this thread until it first waits (`Task.immediate`). A handler that finishes without
+    /// waiting is answered at once; otherwise the connection is suspended and the handler's Task resumes it with the
+    /// response. Running the start inline saves a thread wake-up per request.
     private func dispatch(_ context: RequestContext) -> MHD_Result {
         let request = HTTPRequest(
             method: context.method, path: context.path,
             query: collectValues(of: context.connection, kind: .GET_ARGUMENT_KIND, iterator: collectQueryArgument),
             headers: HTTPHeaders(lowercased: context.headers), body: context.body, requestID: context.requestID)
         context.body = []
-        // Suspending (epoll_ctl) happens outside the lock; `changingSuspension` lets `stop` wait for it instead.
+        // Held until the connection is suspended and registered (or answered), so that `stop` never stops the
+        // daemon under a connection that is being suspended or resumed.
         changingSuspension.add(1, ordering: .sequentiallyConsistent)
+        defer { changingSuspension.subtract(1, ordering: .sequentiallyConsistent) }
         guard !stopping.load(ordering: .sequentiallyConsistent) else {
-            changingSuspension.subtract(1, ordering: .sequentiallyConsistent)
             context.phase = .answered
             return queue(
                 .problem(status: 503, detail: "The server is shutting down.", requestID: context.requestID),
                 for: context)
         }
         context.phase = .handling
+        let handler = self.handler
+        Task.immediate(executorPreference: executor) {
+            let response = await handler(request)
+            if self.complete(context, with: response) { response.afterSending?() }
+        }
+        if context.handoff.load(ordering: .acquiring) == RequestContext.Handoff.finished {
+            let response = context.handlerResponse
+            defer { response?.afterSending?() }
+            return answerInline(context)
+        }
         MHD_suspend_connection(context.connection)
         state.withLock { $0.suspended[ObjectIdentifier(context)] = context }
-        changingSuspension.subtract(1, ordering: .sequentiallyConsistent)
-        let handler = self.handler
-        Task {
-            let response = await handler(request)
-            self.complete(context, with: response)
+        guard
+            !context.handoff.compareExchange(
+                expected: RequestContext.Handoff.running, desired: RequestContext.Handoff.suspended,
+                ordering: .acquiringAndReleasing
+            ).exchanged
+        else { return .YES }
+        // The handler finished on another thread between the check above and the suspend, and left the response to
+        // this thread: resume the connection with it, unless nothing registered it any more.
+        let response = context.handlerResponse
+        if state.withLock({ $0.suspended.removeValue(forKey: ObjectIdentifier(context)) }) != nil {
+            context.response = response
+            MHD_resume_connection(context.connection)
         }
+        response?.afterSending?()
         return .YES
     }
 
-    /// Hands the handler's response to the connection and resumes it, unless `stop` answers it instead.
-    private func complete(_ context: RequestContext, with response: HTTPResponse) {
+    /// Queues the response of a handler that finished before the connection was suspended.
+    private func answerInline(_ context: RequestContext) -> MHD_Result {
+        context.phase = .answered
+        let response =
+            context.handlerResponse ?? .problem(status: 500, detail: "No response.", requestID: context.requestID)
+        context.handlerResponse = nil
+        return queue(response, for: context)
+    }
+
+    /// Hands the handler's response to the connection: to the dispatching thread when it has not suspended the
+    /// connection yet (returning false: that thread then runs `afterSending`), otherwise by resuming the
+    /// connection, unless `stop` answers it instead.
+    private func complete(_ context: RequestContext, with response: HTTPResponse) -> Bool {
+        context.handlerResponse = response
+        guard
+            context.handoff.exchange(RequestContext.Handoff.finished, ordering: .acquiringAndReleasing)
+                == RequestContext.Handoff.suspended
+        else { return false }
         changingSuspension.add(1, ordering: .sequentiallyConsistent)
         defer { changingSuspension.subtract(1, ordering: .sequentiallyConsistent) }
         guard !stopping.load(ordering: .sequentiallyConsistent),
             state.withLock({ $0.suspended.removeValue(forKey: ObjectIdentifier(context)) }) != nil
-        else { return }
+        else { return true }
         context.response = response
         // Outside the lock: resuming writes to libmicrohttpd's wake-up descriptor.
         MHD_resume_connection(context.connection)
+        return true
     }
 
     /// The completion callback: the request is over, answered or not (the client may have gone mid-body).

@@ -33,6 +33,7 @@ final class ServerCore: Sendable {
     let configuration: HTTPServerConfiguration
     let logger: Logger
     let handler: HTTPHandler
+    let executor: (any TaskExecutor)?
     let state = Mutex(State())
     /// Requests whose headers are in and whose completion callback has not run yet.
     let activeRequests = Atomic<Int>(0)
@@ -44,9 +45,13 @@ final class ServerCore: Sendable {
     /// for this to reach 0, so it never stops the daemon under a connection that is being suspended or resumed.
     let changingSuspension = Atomic<Int>(0)
 
-    init(configuration: HTTPServerConfiguration, logger: Logger, handler: @escaping HTTPHandler) {
+    init(
+        configuration: HTTPServerConfiguration, logger: Logger, executor: (any TaskExecutor)?,
+        handler: @escaping HTTPHandler
+    ) {
         self.configuration = configuration
         self.logger = logger
+        self.executor = executor
         self.handler = handler
     }
 

@@ -7,14 +7,14 @@ import Testing
 
 /// Starts a server on a free port, runs `body`, checks that every request was released, and stops the server.
 func withServer<T>(
-    maxBodyBytes: Int = 1 << 20, connectionTimeoutSeconds: Int = 60, handler: @escaping HTTPHandler = echo,
-    _ body: (HTTPServer) async throws -> T
+    maxBodyBytes: Int = 1 << 20, connectionTimeoutSeconds: Int = 60, executor: (any TaskExecutor)? = nil,
+    handler: @escaping HTTPHandler = echo, _ body: (HTTPServer) async throws -> T
 ) async throws -> T {
     let server = HTTPServer(
         configuration: HTTPServerConfiguration(
             host: "127.0.0.1", port: 0, threads: 2, maxBodyBytes: maxBodyBytes,
             connectionTimeoutSeconds: connectionTimeoutSeconds),
-        logger: Logger(label: "test"), handler: handler)
+        logger: Logger(label: "test"), executor: executor, handler: handler)
     try server.start()
     do {
         let result = try await body(server)
