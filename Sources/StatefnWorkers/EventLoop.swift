@@ -36,6 +36,10 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
     private var timerQueue = MinHeap()
     private var timerHandlers: [Int: () -> Void] = [:]
     private var nextTimer = 0
+    /// Loop thread only: whether a request task resumed now may continue on this thread (`AnswerExecutor`).
+    var inlineResumes = true
+    /// Swift jobs to run on this thread once the current event, timer or task is done (`AnswerExecutor`).
+    private var jobs: [(job: UnownedJob, executor: UnownedTaskExecutor)] = []
 
     init() {
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -81,7 +85,8 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         quietIncoming.withLock { $0.append(task) }
     }
 
-    /// Ends the loop thread after the current iteration. Pending tasks and timers are dropped.
+    /// Ends the loop thread after the current iteration. Pending tasks and timers are dropped; Swift jobs are not
+    /// (`runJobs`).
     func stop() {
         stopping.store(true, ordering: .releasing)
         wake()
@@ -119,6 +124,12 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         timerHandlers[timer.id] = nil
     }
 
+    /// Runs a Swift job (a task's continuation) on this thread as soon as the current event, timer or task is
+    /// done: never from inside the handler that resumed it, so no worker's state is reentered.
+    func runAfterCurrentEvent(_ job: UnownedJob, on executor: UnownedTaskExecutor) {
+        jobs.append((job, executor))
+    }
+
     // MARK: The loop
 
     private func run() {
@@ -133,6 +144,7 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         var events = [epoll_event](repeating: epoll_event(), count: 128)
         while !stopping.load(ordering: .acquiring) {
             runTasks()
+            runJobs()
             let ready = epoll_wait(epoll, &events, Int32(events.count), nextTimeout())
             if ready < 0 {
                 precondition(errno == EINTR, "epoll_wait failed: errno \(errno)")
@@ -145,9 +157,22 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
                     _ = read(wakeup, &count, 8)
                 } else if let handler = handlers[token] {
                     handler(events[index].events)
+                    runJobs()
                 }
             }
             runTimers()
+            runJobs()
+        }
+        // A job is a task waiting to go on: one left here when the loop stops goes on elsewhere.
+        for (job, _) in jobs { globalConcurrentExecutor.enqueue(job) }
+        jobs = []
+    }
+
+    private func runJobs() {
+        while !jobs.isEmpty {
+            let batch = jobs
+            jobs.removeAll(keepingCapacity: true)
+            for (job, executor) in batch { job.runSynchronously(on: executor) }
         }
     }
 

@@ -39,7 +39,7 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
         self.request = nil
         let answer = decodeAnswer(line, truncated: truncated, limit: process.stdoutLineLimit, to: request.id)
         if case .failure = answer { process.signalGroup(SIGKILL) }
-        request.finish(answer)
+        pool.deliver(answer, to: request, lineBytes: line.count)
     }
 
     private func deadlinePassed() {

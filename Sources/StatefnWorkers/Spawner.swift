@@ -112,9 +112,8 @@ enum Spawner {
         // posix_spawn returns once the child has exec'd (glibc spawns with CLONE_VFORK), so the limit lands
         // before the new program can have allocated much.
         _ = clinux_limit_data(pid, UInt64(function.manifest.memoryMB) << 20)
-        for fd in [input.write, output.read, errors.read] {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        }
+        // A new pipe's status flags are only its access mode, which F_SETFL leaves alone.
+        for fd in [input.write, output.read, errors.read] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
         return SpawnedProcess(pid: pid, stdin: input.write, stdout: output.read, stderr: errors.read, pidfd: pidfd)
     }
 }

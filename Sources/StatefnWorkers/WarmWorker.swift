@@ -117,7 +117,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         } else {
             becomeIdle()
         }
-        request.finish(answer)
+        pool.deliver(answer, to: request, lineBytes: line.count)
     }
 
     private func becomeReady() {

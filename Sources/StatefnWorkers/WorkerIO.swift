@@ -2,6 +2,7 @@
 // reaped, and a shutdown in progress.
 import Glibc
 import Logging
+import Synchronization
 
 final class WorkerIO: @unchecked Sendable {  // confined to the event loop thread
     struct WarmKey: Hashable {
@@ -12,9 +13,15 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
     static let terminationGraceMs = 1_500
     static let killGraceMs = 5_000
 
+    /// Spawns under way on the spawn queues, counted from any thread: a stop closes the gate and waits for them
+    /// too, so none escapes unreaped.
+    struct SpawnGate {
+        var closed = false
+        var pending = 0
+    }
+
     var warm: [WarmKey: WarmWorker] = [:]
-    /// Spawns under way on the spawn queues: a stop waits for them too, so none escapes unreaped.
-    var pendingSpawns = 0
+    let spawnGate = Mutex(SpawnGate())
     private(set) var stopping = false
     private let loop: EventLoop
     private let logger: Logger
@@ -38,7 +45,7 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
 
     /// Completes a stop once every process is reaped and no spawn is under way.
     func spawnSettled() {
-        if stopping && live.isEmpty && pendingSpawns == 0 { finishStopping() }
+        if stopping && live.isEmpty && spawnGate.withLock({ $0.pending }) == 0 { finishStopping() }
     }
 
     /// Every live worker, by pool, with what it is doing and its resident set.
@@ -65,6 +72,10 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
         stopWaiters.append(waiter)
         let alreadyStopping = stopping
         stopping = true
+        let pendingSpawns = spawnGate.withLock { gate in
+            gate.closed = true
+            return gate.pending
+        }
         guard !live.isEmpty || pendingSpawns > 0 else { return finishStopping() }
         if alreadyStopping { return }
         for entry in live.values {

@@ -53,6 +53,8 @@ public final class WorkerPool: Sendable {
     static let tickMs = 100
     /// The RSS watch runs every this many ticks.
     static let memoryCheckTicks = 5
+    /// Answers up to this size let their request go on on the I/O thread (`AnswerExecutor`).
+    static let inlineAnswerBytes = 64 << 10
 
     let logger: Logger
     let loop: EventLoop
@@ -62,6 +64,8 @@ public final class WorkerPool: Sendable {
     /// Every warm worker, for writing a request to it straight from the caller's thread when the state machine
     /// picked it while idle (`WarmWorker.sendDirect`); the loop thread keeps it current.
     let idleWorkers = Mutex<[WorkerIO.WarmKey: WarmWorker]>([:])
+    /// The executor request handlers prefer, so that they continue on the I/O thread after their answer.
+    public let answerExecutor: AnswerExecutor
 
     public init(logger: Logger) {
         // Requests are written to worker pipes from callers' threads too; a worker that died must mean EPIPE there,
@@ -70,6 +74,7 @@ public final class WorkerPool: Sendable {
         self.logger = logger
         loop = EventLoop()
         io = WorkerIO(loop: loop, logger: logger)
+        answerExecutor = AnswerExecutor(loop: loop)
         loop.execute { [weak self] in self?.scheduleTick(count: 0) }
     }
 
@@ -89,6 +94,14 @@ public final class WorkerPool: Sendable {
             submit(PendingRequest(id: id, line: line, continuation: continuation), to: function)
         }
         return try result.get()
+    }
+
+    /// Hands `request` its worker's answer, from the I/O thread. A request with a large answer goes on in Swift's
+    /// pool: encoding and committing it there holds up no other worker's I/O.
+    func deliver(_ answer: Result<JSONValue, WorkerError>, to request: PendingRequest, lineBytes: Int) {
+        loop.inlineResumes = lineBytes <= Self.inlineAnswerBytes
+        request.finish(answer)
+        loop.inlineResumes = true
     }
 
     /// Takes a rescanned functions directory: pools of changed or removed functions drain (requests in flight
@@ -234,7 +247,7 @@ public final class WorkerPool: Sendable {
     }
 
     /// Carries out an action outside the lock. Work for the loop is queued even from the loop thread, so a worker
-    /// reporting an event never re-enters itself.
+    /// reporting an event never re-enters itself; a spawn goes to the spawn queues at once.
     private func perform(_ action: PoolStateMachine<PendingRequest>.Action, for function: FunctionDefinition) {
         switch action {
         case .none:
@@ -259,7 +272,7 @@ public final class WorkerPool: Sendable {
             }
             loop.execute { self.run(request, on: worker, of: function) }
         case .spawn(let worker, let request):
-            loop.execute { self.start(worker, of: function, with: request) }
+            start(worker, of: function, with: request)
         case .stop(let worker):
             loop.execute { self.io.warm[WorkerIO.WarmKey(pool: PoolKey(function), worker: worker)]?.stop() }
         }
@@ -289,7 +302,7 @@ public final class WorkerPool: Sendable {
         }
     }
 
-    // MARK: Loop thread
+    // MARK: Loop thread (but `start`)
 
     private func scheduleTick(count: Int) {
         _ = loop.schedule(after: Self.tickMs) { [weak self] in
@@ -339,14 +352,21 @@ public final class WorkerPool: Sendable {
         warm.send(request)
     }
 
-    /// Spawns off the loop thread: posix_spawn blocks its caller until the child has exec'd, and a burst of fork
-    /// runs would otherwise stall every worker's I/O behind it.
+    /// Spawns on a spawn queue, straight from the thread that asked: posix_spawn blocks its caller until the child
+    /// has exec'd, and a burst of fork runs would otherwise stall every worker's I/O behind it. Only the new
+    /// process's pipes go to the loop thread (`started`).
     private func start(_ worker: Int, of function: FunctionDefinition, with request: PendingRequest?) {
-        guard !io.stopping else {
-            request?.finish(.failure(WorkerError(.shuttingDown, "the worker pool is stopping")))
-            return workerRetired(worker, of: function)
+        let admitted = io.spawnGate.withLock { gate in
+            guard !gate.closed else { return false }
+            gate.pending += 1
+            return true
         }
-        io.pendingSpawns += 1
+        guard admitted else {
+            return loop.execute {
+                request?.finish(.failure(WorkerError(.shuttingDown, "the worker pool is stopping")))
+                self.workerRetired(worker, of: function)
+            }
+        }
         spawners.next().async {
             let spawned = Result { () throws(WorkerError) in try Spawner.spawn(function) }
             self.loop.execute { self.started(worker, of: function, with: request, spawned) }
@@ -357,7 +377,7 @@ public final class WorkerPool: Sendable {
         _ worker: Int, of function: FunctionDefinition, with request: PendingRequest?,
         _ spawned: Result<SpawnedProcess, WorkerError>
     ) {
-        io.pendingSpawns -= 1
+        io.spawnGate.withLock { $0.pending -= 1 }
         let process: WorkerProcess
         switch spawned {
         case .failure(let error):

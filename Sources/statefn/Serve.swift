@@ -120,7 +120,7 @@ struct Serve: AsyncParsableCommand {
         let server = HTTPServer(
             configuration: HTTPServerConfiguration(
                 host: address.host, port: address.port, threads: httpThreads, maxBodyBytes: maxBodyBytes),
-            logger: logger, handler: { await gateway.handle($0) })
+            logger: logger, executor: workers.answerExecutor, handler: { await gateway.handle($0) })
         do {
             try server.start()
         } catch {
