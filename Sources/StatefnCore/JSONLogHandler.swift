@@ -21,28 +21,7 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        // Called for every request, so the line is built without a merged dictionary when the handler has no
-        // metadata of its own, and the fixed fields are appended rather than looked up.
-        let merged: Logger.Metadata =
-            metadata.isEmpty ? event.metadata ?? [:] : metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 })
-        var pairs: [(String, JSONValue)] = [
-            ("time", .string(Self.timestamp())), ("level", .string(event.level.rawValue)),
-            ("msg", .string(event.message.description)), ("logger", .string(label)),
-        ]
-        let sorted = merged.sorted(by: { $0.key < $1.key })
-        let line: JSONObject
-        if sorted.contains(where: { Self.fixedKeys.contains($0.key) }) {
-            // A metadata key named like a fixed field replaces its value in place, as it always has.
-            var replaced = JSONObject(pairs)
-            for (key, value) in sorted { replaced[key] = Self.json(value) }
-            line = replaced
-        } else {
-            pairs.reserveCapacity(4 + sorted.count)
-            for (key, value) in sorted { pairs.append((key, Self.json(value))) }
-            line = JSONObject(pairs)
-        }
-        var bytes = JSONValue.object(line).encoded()
-        bytes.append(UInt8(ascii: "\n"))
+        let bytes = line(for: event)
         // One write per line, under a lock, so lines from different threads never interleave.
         Self.output.withLock { _ in
             bytes.withUnsafeBytes { buffer in
@@ -55,6 +34,36 @@ public struct JSONLogHandler: LogHandler {
                 }
             }
         }
+    }
+
+    /// One log line, newline included. Called for every request, so it is written straight into bytes: the fixed
+    /// fields first (a metadata key named like one replaces its value in place), then the metadata sorted by key.
+    func line(for event: LogEvent) -> [UInt8] {
+        let merged: Logger.Metadata =
+            metadata.isEmpty ? event.metadata ?? [:] : metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 })
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(320)
+        bytes.append(UInt8(ascii: "{"))
+        func field(_ key: String, _ value: Logger.Metadata.Value) {
+            if bytes.count > 1 { bytes.append(UInt8(ascii: ",")) }
+            JSONValue.appendString(key, to: &bytes)
+            bytes.append(UInt8(ascii: ":"))
+            switch value {
+            case .string(let text): JSONValue.appendString(text, to: &bytes)
+            case .stringConvertible(let convertible): JSONValue.appendString(convertible.description, to: &bytes)
+            case .array, .dictionary: Self.json(value).encode(into: &bytes)
+            }
+        }
+        field("time", merged["time"] ?? .string(Self.timestamp()))
+        field("level", merged["level"] ?? .string(event.level.rawValue))
+        field("msg", merged["msg"] ?? .string(event.message.description))
+        field("logger", merged["logger"] ?? .string(label))
+        for (key, value) in merged.sorted(by: { $0.key < $1.key }) where !Self.fixedKeys.contains(key) {
+            field(key, value)
+        }
+        bytes.append(UInt8(ascii: "}"))
+        bytes.append(UInt8(ascii: "\n"))
+        return bytes
     }
 
     private static let fixedKeys: Set<String> = ["time", "level", "msg", "logger"]

@@ -62,6 +62,12 @@ extension JSONValue {
         }
     }
 
+    /// Appends `string` as a JSON string, escaped exactly as `encode(into:)` escapes strings: for writers that
+    /// build a fixed shape of JSON directly (log lines).
+    public static func appendString(_ string: String, to out: inout [UInt8]) {
+        encode(string, into: &out)
+    }
+
     /// RFC 8259 escaping: quote, backslash and control characters; everything else, UTF-8 included, is copied in runs.
     private static func encode(_ string: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
