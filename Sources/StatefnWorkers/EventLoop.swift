@@ -36,8 +36,9 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
     private var timerQueue = MinHeap()
     private var timerHandlers: [Int: () -> Void] = [:]
     private var nextTimer = 0
-    /// Loop thread only: whether a request task resumed now may continue on this thread (`AnswerExecutor`).
-    var inlineResumes = true
+    /// Loop thread only: whether a request task resumed now may continue on this thread (`AnswerExecutor`). Set
+    /// only while a worker's answer is handed over, so that only its own task goes on here, not tasks it wakes.
+    var inlineResumes = false
     /// Swift jobs to run on this thread once the current event, timer or task is done (`AnswerExecutor`).
     private var jobs: [(job: UnownedJob, executor: UnownedTaskExecutor)] = []
 

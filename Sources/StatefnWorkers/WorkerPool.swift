@@ -101,7 +101,7 @@ public final class WorkerPool: Sendable {
     func deliver(_ answer: Result<JSONValue, WorkerError>, to request: PendingRequest, lineBytes: Int) {
         loop.inlineResumes = lineBytes <= Self.inlineAnswerBytes
         request.finish(answer)
-        loop.inlineResumes = true
+        loop.inlineResumes = false
     }
 
     /// Takes a rescanned functions directory: pools of changed or removed functions drain (requests in flight
