@@ -4,7 +4,7 @@ import Glibc
 import Logging
 import Synchronization
 
-final class WorkerIO: @unchecked Sendable {  // confined to the event loop thread
+final class WorkerIO: @unchecked Sendable {  // confined to the event loop thread, but for `spawnGate` (its own lock)
     struct WarmKey: Hashable {
         let pool: WorkerPool.PoolKey
         let worker: Int
