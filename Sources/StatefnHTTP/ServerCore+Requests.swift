@@ -90,9 +90,10 @@ extension ServerCore {
             if self.complete(context, with: response) { response.afterSending?() }
         }
         if context.handoff.load(ordering: .acquiring) == RequestContext.Handoff.finished {
-            let response = context.handlerResponse
-            defer { response?.afterSending?() }
-            return answerInline(context)
+            let response = responseLeft(in: context)
+            defer { response.afterSending?() }
+            context.phase = .answered
+            return queue(response, for: context)
         }
         MHD_suspend_connection(context.connection)
         state.withLock { $0.suspended[ObjectIdentifier(context)] = context }
@@ -103,23 +104,16 @@ extension ServerCore {
             ).exchanged
         else { return .YES }
         // The handler finished on another thread between the check above and the suspend, and left the response to
-        // this thread: resume the connection with it, unless nothing registered it any more.
-        let response = context.handlerResponse
-        if state.withLock({ $0.suspended.removeValue(forKey: ObjectIdentifier(context)) }) != nil {
-            context.response = response
-            MHD_resume_connection(context.connection)
-        }
-        response?.afterSending?()
+        // this thread.
+        let response = responseLeft(in: context)
+        resume(context, with: response)
+        response.afterSending?()
         return .YES
     }
 
-    /// Queues the response of a handler that finished before the connection was suspended.
-    private func answerInline(_ context: RequestContext) -> MHD_Result {
-        context.phase = .answered
-        let response =
-            context.handlerResponse ?? .problem(status: 500, detail: "No response.", requestID: context.requestID)
-        context.handlerResponse = nil
-        return queue(response, for: context)
+    /// The response `complete` left for the dispatching thread; it is always there once the handoff says finished.
+    private func responseLeft(in context: RequestContext) -> HTTPResponse {
+        context.handlerResponse ?? .problem(status: 500, detail: "No response.", requestID: context.requestID)
     }
 
     /// Hands the handler's response to the connection: to the dispatching thread when it has not suspended the
@@ -133,13 +127,19 @@ extension ServerCore {
         else { return false }
         changingSuspension.add(1, ordering: .sequentiallyConsistent)
         defer { changingSuspension.subtract(1, ordering: .sequentiallyConsistent) }
+        resume(context, with: response)
+        return true
+    }
+
+    /// Takes the suspended `context` out of the registry and resumes its connection with `response`, unless `stop`
+    /// is taking over (it answers 503 instead). The caller holds `changingSuspension`.
+    private func resume(_ context: RequestContext, with response: HTTPResponse) {
         guard !stopping.load(ordering: .sequentiallyConsistent),
             state.withLock({ $0.suspended.removeValue(forKey: ObjectIdentifier(context)) }) != nil
-        else { return true }
+        else { return }
         context.response = response
         // Outside the lock: resuming writes to libmicrohttpd's wake-up descriptor.
         MHD_resume_connection(context.connection)
-        return true
     }
 
     /// The completion callback: the request is over, answered or not (the client may have gone mid-body).
