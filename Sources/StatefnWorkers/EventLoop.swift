@@ -4,9 +4,10 @@ import CLinux
 import Glibc
 import Synchronization
 
-/// A single-threaded event loop. Other threads only call `execute` and `stop`; `watch`, `schedule` and the rest
-/// are called by tasks, handlers and timers, which all run on the loop thread.
-final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `threadID` are synchronized; the rest is touched only on the loop thread
+/// A single-threaded event loop. Other threads only call `execute`, `executeQuietly`, `watchFromAnyThread` and
+/// `stop`; `watch`, `schedule` and the rest are called by tasks, handlers and timers, which all run on the loop
+/// thread.
+final class EventLoop: @unchecked Sendable {  // the queues, `nextToken`, `stopping` and `threadID` are synchronized; the rest is touched only on the loop thread
     typealias Handler = (_ events: UInt32) -> Void
     static let readable = EPOLLIN.rawValue
     static let writable = EPOLLOUT.rawValue
@@ -32,7 +33,11 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
     private let stopping = Atomic<Bool>(false)
     private let threadID = Atomic<UInt>(0)
     private var handlers: [UInt64: Handler] = [:]
-    private var nextToken: UInt64 = 1
+    private let nextToken = Atomic<UInt64>(1)
+    /// Descriptors another thread put in epoll (`watchFromAnyThread`), each batch with the task that installs their
+    /// handlers. The lock is held across the epoll_ctl calls, so an adoption is queued no later than the loop can
+    /// see an event for one of its descriptors.
+    private let adoptions = Mutex<[@Sendable () -> Void]>([])
     private var timerQueue = MinHeap()
     private var timerHandlers: [Int: () -> Void] = [:]
     private var nextTimer = 0
@@ -51,14 +56,7 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         event.data.u64 = 0
         precondition(epoll_ctl(epoll, EPOLL_CTL_ADD, wakeup, &event) == 0, "epoll_ctl failed: errno \(errno)")
 
-        var thread = pthread_t()
-        let retained = Unmanaged.passRetained(self).toOpaque()
-        let created = pthread_create(&thread, nil, { raw in
-            Unmanaged<EventLoop>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, retained)
-        precondition(created == 0, "pthread_create failed: \(created)")
-        pthread_detach(thread)
+        startThread { self.run() }
     }
 
     deinit {
@@ -93,18 +91,32 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         wake()
     }
 
+    /// Any thread: puts each descriptor in epoll now, and queues `adopt`, which gets their watches in the same order
+    /// and must `install` a handler for each on the loop thread. The loop runs adoptions whenever it wakes, and
+    /// before it looks for the handler of an event it does not know, so none is missed; with `wake` false it is not
+    /// woken for them, and the first event on one of these descriptors (or the next timer) brings them in.
+    func watchFromAnyThread(
+        _ descriptors: [(fd: Int32, events: UInt32)], wake: Bool, adopt: @escaping @Sendable ([Watch]) -> Void
+    ) {
+        adoptions.withLock { queue in
+            let watches = descriptors.map { descriptor in add(descriptor.fd, for: descriptor.events) }
+            queue.append { adopt(watches) }
+        }
+        if wake && !inLoopThread { self.wake() }
+    }
+
     // MARK: Loop thread only
 
     /// Calls `handler` with the epoll event bits whenever `fd` is ready (level-triggered); wraps epoll_ctl(2).
     func watch(_ fd: Int32, for events: UInt32, _ handler: @escaping Handler) -> Watch {
-        let token = nextToken
-        nextToken += 1
-        var event = epoll_event()
-        event.events = events
-        event.data.u64 = token
-        precondition(epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0, "epoll_ctl ADD \(fd) failed: errno \(errno)")
-        handlers[token] = handler
-        return Watch(token: token, fd: fd)
+        let watch = add(fd, for: events)
+        handlers[watch.token] = handler
+        return watch
+    }
+
+    /// The handler for a watch that `watchFromAnyThread` made.
+    func install(_ watch: Watch, _ handler: @escaping Handler) {
+        handlers[watch.token] = handler
     }
 
     /// Stops watching; call it before closing the descriptor. Wraps epoll_ctl(2).
@@ -115,8 +127,13 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
 
     /// Calls `handler` once, `milliseconds` from now, unless cancelled first.
     func schedule(after milliseconds: Int, _ handler: @escaping () -> Void) -> Timer {
+        schedule(at: monotonicNanoseconds() + UInt64(max(0, milliseconds)) * 1_000_000, handler)
+    }
+
+    /// Calls `handler` once at `deadline` (`monotonicNanoseconds`), or at once if that has passed.
+    func schedule(at deadline: UInt64, _ handler: @escaping () -> Void) -> Timer {
         nextTimer += 1
-        timerQueue.push(deadline: monotonicNanoseconds() + UInt64(max(0, milliseconds)) * 1_000_000, id: nextTimer)
+        timerQueue.push(deadline: deadline, id: nextTimer)
         timerHandlers[nextTimer] = handler
         return Timer(id: nextTimer)
     }
@@ -131,10 +148,22 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         jobs.append((job, executor))
     }
 
+    /// epoll_ctl(2) ADD under a fresh token; any thread.
+    private func add(_ fd: Int32, for events: UInt32) -> Watch {
+        let token = nextToken.wrappingAdd(1, ordering: .relaxed).oldValue
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = token
+        precondition(epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) == 0, "epoll_ctl ADD \(fd) failed: errno \(errno)")
+        return Watch(token: token, fd: fd)
+    }
+
     // MARK: The loop
 
     private func run() {
         threadID.store(pthread_self(), ordering: .releasing)
+        // Named for ps, top and perf; otherwise it inherits the name of whichever thread created it.
+        _ = clinux_name_thread("statefn-io")
         // A write to a pipe whose reader died raises SIGPIPE in the writing thread; blocked here, it stays pending
         // and harmless, and write(2) reports EPIPE instead of killing the gateway.
         var pipeSignal = sigset_t()
@@ -156,7 +185,9 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
                 if token == 0 {
                     var count: UInt64 = 0
                     _ = read(wakeup, &count, 8)
-                } else if let handler = handlers[token] {
+                } else {
+                    if handlers[token] == nil { runAdoptions() }
+                    guard let handler = handlers[token] else { continue }  // a descriptor since unwatched
                     handler(events[index].events)
                     runJobs()
                 }
@@ -177,7 +208,16 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         }
     }
 
+    private func runAdoptions() {
+        let batch = adoptions.withLock { queue in
+            defer { queue.removeAll(keepingCapacity: true) }
+            return queue
+        }
+        for adopt in batch { adopt() }
+    }
+
     private func runTasks() {
+        runAdoptions()
         while true {
             let tasks =
                 incoming.withLock { tasks in
@@ -214,6 +254,23 @@ final class EventLoop: @unchecked Sendable {  // `incoming`, `stopping` and `thr
         var one: UInt64 = 1
         _ = write(wakeup, &one, 8)
     }
+}
+
+/// Runs `body` on a new detached thread of our own (never one of Swift's or Dispatch's); wraps pthread_create(3).
+/// The thread starts with the caller's signal mask.
+func startThread(_ body: @escaping () -> Void) {
+    final class Body {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+    var thread = pthread_t()
+    let retained = Unmanaged.passRetained(Body(body)).toOpaque()
+    let created = pthread_create(&thread, nil, { raw in
+        Unmanaged<Body>.fromOpaque(raw!).takeRetainedValue().run()
+        return nil
+    }, retained)
+    precondition(created == 0, "pthread_create failed: \(created)")
+    pthread_detach(thread)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds; wraps clock_gettime(2).

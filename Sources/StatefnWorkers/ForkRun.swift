@@ -21,23 +21,29 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
         process.onExit = { status in self.exited(status) }
     }
 
-    func start(_ request: PendingRequest) {
+    /// `alreadyWritten` bytes of the request line went to stdin before the process came to the loop thread (and
+    /// stdin is closed if that was all of it); the deadline counts from `began`, when the spawn began.
+    func start(_ request: PendingRequest, alreadyWritten: Int, began: UInt64) {
         self.request = request
         process.state = .busy
         process.served = 1
-        process.send(request.line, thenClose: true)
+        if alreadyWritten < request.line.count {
+            process.send(Array(request.line[alreadyWritten...]), thenClose: true)
+        }
         // The deadline also bounds a process that answered but lingers: its slot is freed only when it exits.
-        deadline = pool.loop.schedule(after: function.manifest.timeoutMs) { self.deadlinePassed() }
+        let timeout = UInt64(function.manifest.timeoutMs) * 1_000_000
+        deadline = pool.loop.schedule(at: began + timeout) { self.deadlinePassed() }
     }
 
     private func received(_ line: [UInt8], truncated: Bool) {
         guard let request else { return }  // Only the first line is the answer.
+        let parsed = parseLine(line, truncated: truncated, limit: process.stdoutLineLimit)
         if !sawFirstLine {
             sawFirstLine = true
-            if !truncated && isReadyLine(line) { return }
+            if isReadyLine(parsed) { return }
         }
         self.request = nil
-        let answer = decodeAnswer(line, truncated: truncated, limit: process.stdoutLineLimit, to: request.id)
+        let answer = checkAnswer(parsed, to: request.id)
         if case .failure = answer { process.signalGroup(SIGKILL) }
         pool.deliver(answer, to: request, lineBytes: line.count)
     }

@@ -1,5 +1,6 @@
-// Starting a worker: posix_spawn into its own process group, with only its three pipes open, default signal
-// handling, and only the environment its manifest grants. Foundation's Process would do none of this.
+// Starting a worker: clone and exec into its own process group (as posix_spawn would), with only its three pipes
+// open, default signal handling, and only the environment its manifest grants. Foundation's Process would do none
+// of this.
 import CLinux
 import Glibc
 
@@ -18,10 +19,33 @@ struct ExitStatus: CustomStringConvertible, Equatable {
 /// every descriptor and must reap the pid.
 struct SpawnedProcess {
     let pid: pid_t
-    let stdin: Int32
+    /// -1 once `writeFirstLine` has written a fork run's whole request and closed it.
+    private(set) var stdin: Int32
     let stdout: Int32
     let stderr: Int32
     let pidfd: Int32
+
+    /// Writes as much of `line` to stdin as the new pipe takes at once (64 KiB on Linux, so a request line usually
+    /// goes whole) and returns how many bytes that was; with `thenClose`, a whole line is followed by end of file.
+    /// What is left, if anything, the worker's event loop writes as the pipe drains.
+    mutating func writeFirstLine(_ line: [UInt8], thenClose: Bool) -> Int {
+        var written = 0
+        while written < line.count {
+            let count = line.withUnsafeBytes { write(stdin, $0.baseAddress! + written, $0.count - written) }
+            if count > 0 {
+                written += count
+            } else if count < 0 && errno == EINTR {
+                continue
+            } else {
+                break  // EAGAIN: the rest goes later. EPIPE: the event loop's write will see it too.
+            }
+        }
+        if written == line.count && thenClose {
+            close(stdin)
+            stdin = -1
+        }
+        return written
+    }
 }
 
 enum Spawner {
@@ -36,7 +60,8 @@ enum Spawner {
         return env.map { "\($0.key)=\($0.value)" }.sorted()
     }
 
-    /// Starts `function`'s executable; wraps posix_spawn(3) and pidfd_open(2).
+    /// Starts `function`'s executable; wraps `clinux_spawn_worker` (clone(2) and execve(2), as posix_spawn(3)
+    /// would, minus its per-spawn stack mapping) and prlimit(2).
     static func spawn(_ function: FunctionDefinition) throws(WorkerError) -> SpawnedProcess {
         var opened: [Int32] = []
         func closeOpened() { for fd in opened { close(fd) } }
@@ -60,57 +85,24 @@ enum Spawner {
             throw error
         }
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, input.read, 0)
-        posix_spawn_file_actions_adddup2(&actions, output.write, 1)
-        posix_spawn_file_actions_adddup2(&actions, errors.write, 2)
-        clinux_spawn_addchdir(&actions, function.workingDirectory)
-        clinux_spawn_addclosefrom(&actions, 3)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        posix_spawnattr_setpgroup(&attributes, 0)
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        // Dispositions the gateway set to SIG_IGN (SIGPIPE, say) would otherwise survive exec.
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup(function.executable), nil]
         let envp: [UnsafeMutablePointer<CChar>?] = environment(for: function).map { strdup($0) } + [nil]
         defer { (argv + envp).forEach { free($0) } }
 
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, function.executable, &actions, &attributes, argv, envp)
+        var pidfd: Int32 = -1
+        let pid = clinux_spawn_worker(
+            function.executable, argv, envp, function.workingDirectory, input.read, output.write, errors.write, &pidfd)
         close(input.read)
         close(output.write)
         close(errors.write)
-        guard spawned == 0 else {
+        guard pid > 0 else {
             close(input.write)
             close(output.read)
             close(errors.read)
-            throw WorkerError(.spawnFailed, "cannot start \(function.executable): \(errorText(spawned))")
+            throw WorkerError(.spawnFailed, "cannot start \(function.executable): \(errorText(-pid))")
         }
-        let pidfd = clinux_pidfd_open(pid)
-        if pidfd < 0 {
-            let error = errno
-            kill(-pid, SIGKILL)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            close(input.write)
-            close(output.read)
-            close(errors.read)
-            throw WorkerError(.spawnFailed, "pidfd_open: \(errorText(error))")
-        }
-        // posix_spawn returns once the child has exec'd (glibc spawns with CLONE_VFORK), so the limit lands
-        // before the new program can have allocated much.
+        // The spawn returns once the child has exec'd (CLONE_VFORK), so the limit lands before the new program can
+        // have allocated much.
         _ = clinux_limit_data(pid, UInt64(function.manifest.memoryMB) << 20)
         // A new pipe's status flags are only its access mode, which F_SETFL leaves alone.
         for fd in [input.write, output.read, errors.read] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }

@@ -93,7 +93,9 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         adoptDirectlySent(armDeadline: false)
         if !sawFirstLine {
             sawFirstLine = true
-            if !truncated && isReadyLine(line) { return becomeReady() }
+            if isReadyLine(parseLine(line, truncated: truncated, limit: process.stdoutLineLimit)) {
+                return becomeReady()
+            }
         }
         guard ready, let request = current else {
             pool.logger.warning(

@@ -13,7 +13,7 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
     static let terminationGraceMs = 1_500
     static let killGraceMs = 5_000
 
-    /// Spawns under way on the spawn queues, counted from any thread: a stop closes the gate and waits for them
+    /// Spawns under way on the spawn threads, counted from any thread: a stop closes the gate and waits for them
     /// too, so none escapes unreaped.
     struct SpawnGate {
         var closed = false

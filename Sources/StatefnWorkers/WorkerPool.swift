@@ -8,7 +8,7 @@ import StatefnJSON
 import Synchronization
 
 /// Runs function workers: a warm pool per function (JSON-lines processes, one request in flight each, from
-/// `min_workers` up to `max_workers`, idle ones stopped after `idle_timeout_ms`), or one `posix_spawn`ed process per
+/// `min_workers` up to `max_workers`, idle ones stopped after `idle_timeout_ms`), or one freshly spawned process per
 /// request in fork mode. Every worker runs in its own process group under RLIMIT_DATA and an RSS watch (no cgroup:
 /// this host has cgroup v1 and nothing writable to delegate, so that path is not built yet); at the
 /// deadline the whole group gets SIGTERM, then SIGKILL. stderr lines go to the logger, never to a client. Crashes
@@ -60,7 +60,6 @@ public final class WorkerPool: Sendable {
     let loop: EventLoop
     let pools = Mutex(Pools())
     let io: WorkerIO
-    let spawners = SpawnQueues()
     /// Every warm worker, for writing a request to it straight from the caller's thread when the state machine
     /// picked it while idle (`WarmWorker.sendDirect`); the loop thread keeps it current.
     let idleWorkers = Mutex<[WorkerIO.WarmKey: WarmWorker]>([:])
@@ -247,7 +246,7 @@ public final class WorkerPool: Sendable {
     }
 
     /// Carries out an action outside the lock. Work for the loop is queued even from the loop thread, so a worker
-    /// reporting an event never re-enters itself; a spawn goes to the spawn queues at once.
+    /// reporting an event never re-enters itself; a spawn goes to the spawn threads at once.
     private func perform(_ action: PoolStateMachine<PendingRequest>.Action, for function: FunctionDefinition) {
         switch action {
         case .none:
@@ -352,9 +351,20 @@ public final class WorkerPool: Sendable {
         warm.send(request)
     }
 
-    /// Spawns on a spawn queue, straight from the thread that asked: posix_spawn blocks its caller until the child
-    /// has exec'd, and a burst of fork runs would otherwise stall every worker's I/O behind it. Only the new
-    /// process's pipes go to the loop thread (`started`).
+    /// A process just spawned, on its way to the loop thread: what the spawn thread already did for it.
+    struct Launch: Sendable {
+        var spawned: SpawnedProcess
+        var watches: WorkerProcess.Watches
+        /// How much of a fork run's request line the spawn thread wrote (`SpawnedProcess.writeFirstLine`).
+        var requestBytesWritten: Int
+        /// When the spawn began (`monotonicNanoseconds`): a fork run's deadline counts from here.
+        var began: UInt64
+    }
+
+    /// Spawns on a spawn thread, straight from the thread that asked: a spawn blocks its caller until the child
+    /// has exec'd, and a burst of fork runs would otherwise stall every worker's I/O behind it. The spawn thread
+    /// also writes a fork run's request and puts the pipes in epoll, so the loop thread first hears of a fork run
+    /// when its answer (or its exit) arrives, and is not woken for it before (`EventLoop.watchFromAnyThread`).
     private func start(_ worker: Int, of function: FunctionDefinition, with request: PendingRequest?) {
         let admitted = io.spawnGate.withLock { gate in
             guard !gate.closed else { return false }
@@ -367,28 +377,46 @@ public final class WorkerPool: Sendable {
                 self.workerRetired(worker, of: function)
             }
         }
-        spawners.next().async {
-            let spawned = Result { () throws(WorkerError) in try Spawner.spawn(function) }
-            self.loop.execute { self.started(worker, of: function, with: request, spawned) }
+        SpawnThreads.shared.submit {
+            let began = monotonicNanoseconds()
+            var spawned: SpawnedProcess
+            do throws(WorkerError) {
+                spawned = try Spawner.spawn(function)
+            } catch {
+                return self.loop.execute { self.started(worker, of: function, with: request, .failure(error)) }
+            }
+            var written = 0
+            var quiet = false
+            if function.manifest.mode == .fork, let request {
+                written = spawned.writeFirstLine(request.line, thenClose: true)
+                // Nothing to do before the process answers or exits, unless its deadline falls before the next
+                // tick could bring it in.
+                quiet = written == request.line.count && function.manifest.timeoutMs > Self.tickMs
+            }
+            WorkerProcess.Watches.add(spawned, to: self.loop, wake: !quiet) { [spawned, written] watches in
+                let launch = Launch(spawned: spawned, watches: watches, requestBytesWritten: written, began: began)
+                self.started(worker, of: function, with: request, .success(launch))
+            }
         }
     }
 
     private func started(
         _ worker: Int, of function: FunctionDefinition, with request: PendingRequest?,
-        _ spawned: Result<SpawnedProcess, WorkerError>
+        _ launched: Result<Launch, WorkerError>
     ) {
         io.spawnGate.withLock { $0.pending -= 1 }
-        let process: WorkerProcess
-        switch spawned {
+        let launch: Launch
+        switch launched {
         case .failure(let error):
             logger.error("cannot start worker: \(error.detail)", metadata: ["function": "\(function.name)"])
             request?.finish(.failure(error))
             workerRetired(worker, of: function, crashed: !io.stopping)
             io.spawnSettled()
             return
-        case .success(let spawned):
-            process = WorkerProcess(spawned, of: function, loop: loop, logger: logger)
+        case .success(let success):
+            launch = success
         }
+        let process = WorkerProcess(launch.spawned, watches: launch.watches, of: function, loop: loop, logger: logger)
         let key = PoolKey(function)
         io.started(process, in: key)
         if io.stopping {
@@ -409,19 +437,9 @@ public final class WorkerPool: Sendable {
                 process.signalGroup(SIGKILL)
                 return
             }
-            ForkRun(slot: worker, function: function, process: process, pool: self).start(request)
+            ForkRun(slot: worker, function: function, process: process, pool: self)
+                .start(request, alreadyWritten: launch.requestBytesWritten, began: launch.began)
         }
-    }
-}
-
-/// A few serial queues for spawning, used in turn: posix_spawn blocks until exec, so four can wait at once without
-/// touching Swift's cooperative threads or the I/O thread.
-final class SpawnQueues: Sendable {
-    private let queues = (0..<4).map { DispatchQueue(label: "statefn.spawn.\($0)") }
-    private let turn = Atomic<Int>(0)
-
-    func next() -> DispatchQueue {
-        queues[turn.wrappingAdd(1, ordering: .relaxed).oldValue % queues.count]
     }
 }
 
@@ -470,15 +488,29 @@ struct PendingRequest: Sendable {
 /// Checks one answer line against DESIGN.md section 3: a JSON object carrying the request's id, within
 /// `max_response_bytes` (`truncated` says the line was cut at `limit`).
 func decodeAnswer(_ line: [UInt8], truncated: Bool, limit: Int, to requestID: String) -> Result<JSONValue, WorkerError> {
+    checkAnswer(parseLine(line, truncated: truncated, limit: limit), to: requestID)
+}
+
+/// A worker's stdout line as JSON, within `max_response_bytes`; parsed once, then checked as the ready line
+/// (`isReadyLine`) or an answer (`checkAnswer`).
+func parseLine(_ line: [UInt8], truncated: Bool, limit: Int) -> Result<JSONValue, WorkerError> {
     guard !truncated else {
         return .failure(WorkerError(.invalidResponse, "an answer line over \(limit) bytes (max_response_bytes)"))
     }
-    let answer: JSONValue
     do {
-        answer = try JSONValue.parse(line, limits: .worker)
+        return .success(try JSONValue.parse(line, limits: .worker))
     } catch {
         let excerpt = String(decoding: line.prefix(200), as: UTF8.self)
         return .failure(WorkerError(.invalidResponse, "the answer is not JSON (\(error)): \(excerpt)"))
+    }
+}
+
+/// The answer to `requestID`: a JSON object whose `"id"` is that.
+func checkAnswer(_ parsed: Result<JSONValue, WorkerError>, to requestID: String) -> Result<JSONValue, WorkerError> {
+    let answer: JSONValue
+    switch parsed {
+    case .failure(let error): return .failure(error)
+    case .success(let value): answer = value
     }
     guard case .object(let object) = answer else {
         return .failure(WorkerError(.invalidResponse, "the answer is not a JSON object"))
@@ -500,7 +532,7 @@ extension WorkerError {
 }
 
 /// `{"ready":true}`, the optional first line of a warm worker. Fork mode skips it too, so one SDK serves both.
-func isReadyLine(_ line: [UInt8]) -> Bool {
-    guard line.first == UInt8(ascii: "{"), let value = try? JSONValue.parse(line, limits: .worker) else { return false }
+func isReadyLine(_ line: Result<JSONValue, WorkerError>) -> Bool {
+    guard case .success(let value) = line else { return false }
     return value["ready"] == .bool(true) && value["id"] == nil
 }

@@ -56,8 +56,30 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         var sent: (request: PendingRequest, atMs: Int)?
     }
 
-    /// Takes over a process `Spawner.spawn` started; from here on it lives on the loop thread.
-    init(_ spawned: SpawnedProcess, of definition: FunctionDefinition, loop: EventLoop, logger: Logger) {
+    /// Where a new process's stdout, stderr and pidfd are in epoll (`EventLoop.watchFromAnyThread`).
+    struct Watches: Sendable {
+        let stdout: EventLoop.Watch
+        let stderr: EventLoop.Watch
+        let pidfd: EventLoop.Watch
+
+        /// Any thread: puts `spawned`'s descriptors in epoll and has the loop thread run `adopt` with their
+        /// watches, which must make a `WorkerProcess` of them.
+        static func add(
+            _ spawned: SpawnedProcess, to loop: EventLoop, wake: Bool, adopt: @escaping @Sendable (Watches) -> Void
+        ) {
+            let readable = EventLoop.readable
+            loop.watchFromAnyThread(
+                [(spawned.stdout, readable), (spawned.stderr, readable), (spawned.pidfd, readable)], wake: wake
+            ) { watches in adopt(Watches(stdout: watches[0], stderr: watches[1], pidfd: watches[2])) }
+        }
+    }
+
+    /// Takes over a process `Spawner.spawn` started, whose descriptors are already in epoll; from here on it lives
+    /// on the loop thread.
+    init(
+        _ spawned: SpawnedProcess, watches: Watches, of definition: FunctionDefinition, loop: EventLoop,
+        logger: Logger
+    ) {
         pid = spawned.pid
         function = definition.name
         stdoutLineLimit = definition.manifest.maxResponseBytes
@@ -69,10 +91,12 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         stdout = spawned.stdout
         stderr = spawned.stderr
         pidfd = spawned.pidfd
-        let readable = EventLoop.readable
-        stdoutWatch = loop.watch(stdout, for: readable) { _ in self.readStdout() }
-        stderrWatch = loop.watch(stderr, for: readable) { _ in self.readStderr() }
-        pidfdWatch = loop.watch(pidfd, for: readable) { _ in self.reap() }
+        stdoutWatch = watches.stdout
+        stderrWatch = watches.stderr
+        pidfdWatch = watches.pidfd
+        loop.install(watches.stdout) { _ in self.readStdout() }
+        loop.install(watches.stderr) { _ in self.readStderr() }
+        loop.install(watches.pidfd) { _ in self.reap() }
     }
 
     /// Writes `bytes` to the worker's stdin, now or as the pipe drains.

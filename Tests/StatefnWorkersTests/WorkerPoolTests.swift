@@ -213,6 +213,23 @@ func withPool<T>(
         }
     }
 
+    @Test(arguments: [WorkerMode.fork, .warm])
+    func workersStartInTheirOwnGroupWithNothingInherited(mode: WorkerMode) async throws {
+        // The gateway ignores SIGPIPE and its spawn threads block most signals; neither may reach a worker.
+        _ = signal(SIGPIPE, SIG_IGN)
+        try await withPool { pool in
+            let function = fixture("inspect") { $0.mode = mode }
+            let reply = try #require(try await pool.invoke(function, request: request("i"))["reply"])
+            #expect(reply["pgrp"] == reply["pid"])
+            #expect(reply["cwd"] == .string(function.workingDirectory))
+            #expect(reply["extra_fds"] == "", "descriptors beyond 0, 1 and 2 reached the worker")
+            #expect(reply["blocked"] == "0000000000000000")
+            // Only glibc's two internal signals (32 and 33) stay ignored, as glibc's posix_spawn leaves them.
+            let ignored = try #require(UInt64(reply["ignored"]?.stringValue ?? "", radix: 16))
+            #expect(ignored & ~UInt64(0x1_8000_0000) == 0, "ignored signal mask \(String(ignored, radix: 16))")
+        }
+    }
+
     @Test func maxRequestsRecyclesTheWorker() async throws {
         try await withPool { pool in
             let echo = fixture("echo") { $0.maxRequests = 2 }
@@ -252,6 +269,29 @@ func withPool<T>(
                 try await group.waitForAll()
             }
             #expect(await eventually { await pool.status().allSatisfy { $0.pids.isEmpty } })
+        }
+    }
+
+    @Test func forkModeTakesARequestLargerThanAPipeHolds() async throws {
+        // The spawn thread writes what the new pipe takes (64 KiB); the event loop writes the rest as it drains.
+        try await withPool { pool in
+            let text = String(repeating: "0123456789abcdef", count: 20_000)
+            let sent = request("big", payload: ["text": .string(text)])
+            let answer = try await pool.invoke(fixture("forkecho"), request: sent)
+            #expect(answer["reply"] == sent)
+        }
+    }
+
+    @Test func forkModeDeadlineShorterThanATickFires() async throws {
+        // A fork run normally reaches the loop thread with its first output; one that stays silent, with a deadline
+        // before the next tick, must not wait for either. (The bound is loose: the suite runs tests in parallel.)
+        await withPool { pool in
+            let started = ContinuousClock.now
+            let code = await failureCode {
+                try await pool.invoke(fixture("sleeper") { $0.mode = .fork; $0.timeoutMs = 30 }, request: request("s"))
+            }
+            #expect(code == .timedOut)
+            #expect(ContinuousClock.now - started < .seconds(10))
         }
     }
 

@@ -13,8 +13,16 @@ int clinux_pipe2(int fds[2], int flags);
 int clinux_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int lowest);
 // posix_spawn_file_actions_addchdir_np sets the child's working directory without a shell.
 int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
-// pidfd_open gives a descriptor that epoll reports readable when the process exits.
-int clinux_pidfd_open(pid_t pid);
+// Starts a function worker: `path` with `argv` and `envp` (nothing searched, nothing inherited), its stdin, stdout
+// and stderr from `in`, `out` and `err`, working directory `directory`, in a new process group, with every signal
+// at its default disposition and none blocked, and no other descriptor open. Returns the pid and sets *pidfd (a
+// descriptor that epoll reports readable when the process exits), or returns -errno, with nothing left to reap.
+// Like posix_spawn(3), but with the child on a stack inside the caller's frame (no mmap and munmap per spawn) and
+// the pidfd from clone(2) itself (CLONE_PIDFD): see shim.c.
+int clinux_spawn_worker(const char *path, char *const argv[], char *const envp[], const char *directory, int in,
+                        int out, int err, int *pidfd);
 // prlimit sets another process's limit; RLIMIT_DATA caps a worker's heap and private writable mappings without
 // counting the address space that V8, the JVM and Go reserve but never touch (RLIMIT_AS would).
 int clinux_limit_data(pid_t pid, unsigned long long bytes);
+// pthread_setname_np names the calling thread for ps, top and perf (at most 15 bytes).
+int clinux_name_thread(const char *name);
