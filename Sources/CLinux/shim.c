@@ -80,8 +80,10 @@ int clinux_spawn_worker(const char *path, char *const argv[], char *const envp[]
     char stack[32 * 1024] __attribute__((aligned(16)));
     struct worker_child child = {path, argv, envp, directory, {in, out, err}, 0};
     // Block everything, glibc's internal signals too (pthread_sigmask would leave those open), for the child to
-    // start with: it must not run a handler of ours while it shares our memory.
-    unsigned long all = ~0UL, saved = 0;
+    // start with: it must not run a handler of ours while it shares our memory. All but SIGCHLD: the child has no
+    // children to send it one, and a caller that leaves it open (WorkerPool's spawn threads) has the kernel drop
+    // it, at its other children's exits, rather than wake another thread to discard it.
+    unsigned long all = ~0UL & ~(1UL << (SIGCHLD - 1)), saved = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &saved, sizeof all);
     *pidfd = -1;
     pid_t pid = clone(worker_child_main, stack + sizeof stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &child,
