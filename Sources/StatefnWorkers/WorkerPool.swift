@@ -390,8 +390,10 @@ public final class WorkerPool: Sendable {
             if function.manifest.mode == .fork, let request {
                 written = spawned.writeFirstLine(request.line, thenClose: true)
                 // Nothing to do before the process answers or exits, unless its deadline falls before the next
-                // tick could bring it in.
-                quiet = written == request.line.count && function.manifest.timeoutMs > Self.tickMs
+                // tick could bring it in, or the pool is stopping (and ticks no more).
+                quiet =
+                    written == request.line.count && function.manifest.timeoutMs > Self.tickMs
+                    && !self.io.spawnGate.withLock { $0.closed }
             }
             WorkerProcess.Watches.add(spawned, to: self.loop, wake: !quiet) { [spawned, written] watches in
                 let launch = Launch(spawned: spawned, watches: watches, requestBytesWritten: written, began: began)
