@@ -91,11 +91,10 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
     private func received(_ line: [UInt8], truncated: Bool) {
         // The answer is here, so a deadline for a request sent directly would only be cancelled again.
         adoptDirectlySent(armDeadline: false)
+        let parsed = parseLine(line, truncated: truncated, limit: process.stdoutLineLimit)
         if !sawFirstLine {
             sawFirstLine = true
-            if isReadyLine(parseLine(line, truncated: truncated, limit: process.stdoutLineLimit)) {
-                return becomeReady()
-            }
+            if isReadyLine(parsed) { return becomeReady() }
         }
         guard ready, let request = current else {
             pool.logger.warning(
@@ -107,7 +106,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         }
         current = nil
         cancelDeadline()
-        let answer = decodeAnswer(line, truncated: truncated, limit: process.stdoutLineLimit, to: request.id)
+        let answer = checkAnswer(parsed, to: request.id)
         if case .failure(let error) = answer {
             pool.logger.warning(
                 "replacing worker: \(error.detail)", metadata: ["function": "\(function.name)", "pid": "\(process.pid)"])

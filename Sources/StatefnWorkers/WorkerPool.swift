@@ -487,14 +487,8 @@ struct PendingRequest: Sendable {
     func finish(_ result: Result<JSONValue, WorkerError>) { continuation.resume(returning: result) }
 }
 
-/// Checks one answer line against DESIGN.md section 3: a JSON object carrying the request's id, within
-/// `max_response_bytes` (`truncated` says the line was cut at `limit`).
-func decodeAnswer(_ line: [UInt8], truncated: Bool, limit: Int, to requestID: String) -> Result<JSONValue, WorkerError> {
-    checkAnswer(parseLine(line, truncated: truncated, limit: limit), to: requestID)
-}
-
-/// A worker's stdout line as JSON, within `max_response_bytes`; parsed once, then checked as the ready line
-/// (`isReadyLine`) or an answer (`checkAnswer`).
+/// A worker's stdout line as JSON, within `max_response_bytes` (`truncated` says the line was cut at `limit`);
+/// parsed once, then checked as the ready line (`isReadyLine`) or as an answer (`checkAnswer`).
 func parseLine(_ line: [UInt8], truncated: Bool, limit: Int) -> Result<JSONValue, WorkerError> {
     guard !truncated else {
         return .failure(WorkerError(.invalidResponse, "an answer line over \(limit) bytes (max_response_bytes)"))
@@ -507,7 +501,7 @@ func parseLine(_ line: [UInt8], truncated: Bool, limit: Int) -> Result<JSONValue
     }
 }
 
-/// The answer to `requestID`: a JSON object whose `"id"` is that.
+/// The answer to `requestID`, by DESIGN.md section 3: a JSON object whose `"id"` is that.
 func checkAnswer(_ parsed: Result<JSONValue, WorkerError>, to requestID: String) -> Result<JSONValue, WorkerError> {
     let answer: JSONValue
     switch parsed {
