@@ -90,8 +90,18 @@ enum Spawner {
         defer { (argv + envp).forEach { free($0) } }
 
         var pidfd: Int32 = -1
-        let pid = clinux_spawn_worker(
-            function.executable, argv, envp, function.workingDirectory, input.read, output.write, errors.write, &pidfd)
+        var pid: pid_t = 0
+        // ETXTBSY: something still has the executable open for writing. A deploy that is finishing its copy, or a
+        // process started a moment ago by any thread of this one, which holds a copy of every descriptor until its
+        // own exec closes them (the classic race of writing and running an executable in one process). Both pass
+        // within milliseconds; a writer that does not gets the error after about a quarter of a second.
+        for pauseMs in [1, 2, 4, 8, 16, 32, 64, 100, 0] {
+            pid = clinux_spawn_worker(
+                function.executable, argv, envp, function.workingDirectory, input.read, output.write, errors.write,
+                &pidfd)
+            guard pid == -ETXTBSY, pauseMs > 0 else { break }
+            usleep(UInt32(pauseMs * 1000))
+        }
         close(input.read)
         close(output.write)
         close(errors.write)

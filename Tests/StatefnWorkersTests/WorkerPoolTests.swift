@@ -295,6 +295,50 @@ func withPool<T>(
         }
     }
 
+    /// A fork-mode function whose executable this process has just written and still holds open for writing, as
+    /// a deploy that is finishing its copy would; returns it and the open descriptor.
+    private func executableStillBeingWritten(in directory: TemporaryDirectory) throws -> (FunctionDefinition, Int32) {
+        let path = directory.path + "/busy"
+        let writer = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        #expect(writer >= 0)
+        let script = "#!/bin/sh\nread -r line\nid=${line#*\\\"id\\\":\\\"}\nprintf '{\"id\":\"%s\"}\\n' \"${id%%\\\"*}\"\n"
+        _ = script.withCString { write(writer, $0, strlen($0)) }
+        var function = try #require(FunctionCatalog.scan(directory: directory.path).functions["busy"])
+        function.manifest.mode = .fork
+        return (function, writer)
+    }
+
+    @Test func anExecutableStillOpenForWritingStartsOnceItsWriterCloses() async throws {
+        let directory = TemporaryDirectory()
+        let (function, writer) = try executableStillBeingWritten(in: directory)
+        // Closed from a thread of its own a moment later, while the spawn is retrying.
+        Thread.detachNewThread {
+            usleep(3_000)
+            close(writer)
+        }
+        try await withPool { pool in
+            let answer = try await pool.invoke(function, request: request("b1"))
+            #expect(answer["id"] == "b1")
+        }
+    }
+
+    @Test func anExecutableHeldOpenForWritingIsRefusedAsBusy() async throws {
+        let directory = TemporaryDirectory()
+        let (function, writer) = try executableStillBeingWritten(in: directory)
+        defer { close(writer) }
+        await withPool { pool in
+            do {
+                _ = try await pool.invoke(function, request: request("b2"))
+                Issue.record("an executable open for writing cannot run")
+            } catch let error as WorkerError {
+                #expect(error.code == .spawnFailed)
+                #expect(error.detail.contains(errorText(ETXTBSY)), "\(error.detail)")
+            } catch {
+                Issue.record("unexpected \(error)")
+            }
+        }
+    }
+
     @Test func forkModeCrashReportsTheExitStatus() async throws {
         try await withPool { pool in
             let crash = fixture("crash") { $0.mode = .fork }
