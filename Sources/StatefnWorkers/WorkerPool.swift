@@ -527,8 +527,9 @@ extension WorkerError {
     }
 }
 
-/// `{"ready":true}`, the optional first line of a warm worker. Fork mode skips it too, so one SDK serves both.
-func isReadyLine(_ line: Result<JSONValue, WorkerError>) -> Bool {
-    guard case .success(let value) = line else { return false }
+/// Whether a parsed stdout line (`parseLine`) is `{"ready":true}`, the optional first line of a warm worker. Fork
+/// mode skips it too, so one SDK serves both.
+func isReadyLine(_ parsed: Result<JSONValue, WorkerError>) -> Bool {
+    guard case .success(let value) = parsed else { return false }
     return value["ready"] == .bool(true) && value["id"] == nil
 }
