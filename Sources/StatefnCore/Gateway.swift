@@ -83,7 +83,7 @@ public final class Gateway: Sendable {
             context.function = function
             context.entity = entity
             context.command = command
-            let definition = try lookup(function, stateless: false)
+            let definition = try await lookup(function, stateless: false, request, &context, .invoke, entity: entity)
             let principal = try await authorize(
                 request, &context, .invoke, function: function, entity: entity,
                 isPublic: definition.manifest.publicCommands.contains(command))
@@ -96,7 +96,7 @@ public final class Gateway: Sendable {
         case .action(let function, let command):
             context.function = function
             context.command = command
-            let definition = try lookup(function, stateless: true)
+            let definition = try await lookup(function, stateless: true, request, &context, .invoke, entity: nil)
             let principal = try await authorize(
                 request, &context, .invoke, function: function, entity: nil,
                 isPublic: definition.manifest.publicCommands.contains(command))
@@ -111,12 +111,27 @@ public final class Gateway: Sendable {
         case .rawState(let function, let entity):
             context.function = function
             context.entity = entity
-            _ = try lookup(function, stateless: false)
+            _ = try await lookup(function, stateless: false, request, &context, .read, entity: entity)
             _ = try await authorize(request, &context, .read, function: function, entity: entity, isPublic: false)
             let snapshot = try await store.load(EntityKey(function: function, entity: entity))
             guard snapshot.version > 0 else { throw GatewayError(404, "entity \(entity) has never been written") }
             return .json(
                 ["state": snapshot.state, "version": .integer(snapshot.version)], headers: [Self.etag(snapshot.version)])
+        }
+    }
+
+    /// `lookup`, but a caller who could not make the call anyway (401 without valid credentials, 403 without the
+    /// scope) hears that rather than whether the function exists: which functions exist is not for strangers. The
+    /// manifest is needed first for the rest (its `public_commands`), so this checks credentials only on a miss.
+    private func lookup(
+        _ name: String, stateless: Bool, _ request: HTTPRequest, _ context: inout RequestContext, _ action: ScopeAction,
+        entity: String?
+    ) async throws -> FunctionDefinition {
+        do {
+            return try lookup(name, stateless: stateless)
+        } catch {
+            _ = try await authorize(request, &context, action, function: name, entity: entity, isPublic: false)
+            throw error
         }
     }
 

@@ -89,6 +89,13 @@ struct AuthTests {
                 try client.request("GET", "/v1/functions", headers: Self.bearer(alice)).status == 403,
                 "the function listing needs admin")
             #expect(try client.request("GET", "/v1/functions").status == 401)
+            // Whether a function exists is no stranger's business: credentials come first.
+            #expect(try client.request("POST", "/v1/nosuch/alice/note", body: "{}").status == 401)
+            #expect(try client.request("POST", "/v1/nosuch/ping", body: "{}").status == 401)
+            #expect(try client.request("GET", "/v1/nosuch/alice").status == 401)
+            #expect(
+                try client.request("POST", "/v1/nosuch/alice/note", body: "{}", headers: Self.bearer(alice)).status
+                    == 403, "alice may invoke only whoami")
             let badOnPublic = try client.request(
                 "POST", "/v1/whoami/x/hello", body: "{}", headers: Self.bearer("sfn_zz"))
             #expect(badOnPublic.status == 401, "a bad credential is refused even on a public command")
@@ -116,6 +123,9 @@ struct AuthTests {
             #expect(try JSONValue.parse(anonymous.text, limits: .client)["principal"] == .null)
             // admin covers read: past the door, to the store (whoami keeps no state, so 404).
             #expect(try client.request("GET", "/v1/whoami/alice", headers: Self.bearer(admin)).status == 404)
+            let unknownFunction = try client.request("POST", "/v1/nosuch/alice/note", body: "{}", headers: Self.bearer(admin))
+            #expect(unknownFunction.status == 404, "a caller who could make the call hears that the function is unknown")
+            #expect(unknownFunction.text.contains("unknown function nosuch"))
             #expect(try client.request("GET", "/healthz").status == 200)
         }
 
