@@ -116,7 +116,8 @@ public final class Gateway: Sendable {
             let snapshot = try await store.load(EntityKey(function: function, entity: entity))
             guard snapshot.version > 0 else { throw GatewayError(404, "entity \(entity) has never been written") }
             return .json(
-                ["state": snapshot.state, "version": .integer(snapshot.version)], headers: [Self.etag(snapshot.version)])
+                ["state": snapshot.state, "version": .integer(snapshot.version)], headers: [Self.etag(snapshot.version)]
+            )
         }
     }
 
@@ -288,7 +289,8 @@ public final class Gateway: Sendable {
             let encoded = state.encodedString()
             guard encoded.utf8.count <= manifest.maxStateBytes else {
                 throw GatewayError(
-                    413, "the new state is \(encoded.utf8.count) bytes, over max_state_bytes (\(manifest.maxStateBytes))")
+                    413,
+                    "the new state is \(encoded.utf8.count) bytes, over max_state_bytes (\(manifest.maxStateBytes))")
             }
             if let number = EntityStore.numberBeyondJSONB(state) {
                 throw GatewayError(
@@ -361,7 +363,9 @@ public final class Gateway: Sendable {
                 }
             }
             let unhealthy = mine.compactMap(\.unhealthyForMs).max()
-            func total(_ count: (WorkerPoolStatus) -> Int) -> JSONValue { .integer(Int64(mine.map(count).reduce(0, +))) }
+            func total(_ count: (WorkerPoolStatus) -> Int) -> JSONValue {
+                .integer(Int64(mine.map(count).reduce(0, +)))
+            }
             functions.append([
                 "name": .string(definition.name), "mode": .string(definition.manifest.mode.rawValue),
                 "executable": .string(definition.executable), "manifest": definition.manifest.json,
@@ -389,7 +393,9 @@ public final class Gateway: Sendable {
             return .json(["status": "database unavailable"], status: 503, headers: [(name: "Retry-After", value: "1")])
         }
         let (loaded, failed) = catalog.withLock { ($0.functions.count, $0.failures.count) }
-        return .json(["status": "ready", "functions": .integer(Int64(loaded)), "failed_functions": .integer(Int64(failed))])
+        return .json([
+            "status": "ready", "functions": .integer(Int64(loaded)), "failed_functions": .integer(Int64(failed)),
+        ])
     }
 
     private func log(_ request: HTTPRequest, status: Int, _ context: RequestContext, elapsed: Duration) {

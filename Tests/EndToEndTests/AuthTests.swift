@@ -123,8 +123,10 @@ struct AuthTests {
             #expect(try JSONValue.parse(anonymous.text, limits: .client)["principal"] == .null)
             // admin covers read: past the door, to the store (whoami keeps no state, so 404).
             #expect(try client.request("GET", "/v1/whoami/alice", headers: Self.bearer(admin)).status == 404)
-            let unknownFunction = try client.request("POST", "/v1/nosuch/alice/note", body: "{}", headers: Self.bearer(admin))
-            #expect(unknownFunction.status == 404, "a caller who could make the call hears that the function is unknown")
+            let unknownFunction = try client.request(
+                "POST", "/v1/nosuch/alice/note", body: "{}", headers: Self.bearer(admin))
+            #expect(
+                unknownFunction.status == 404, "a caller who could make the call hears that the function is unknown")
             #expect(unknownFunction.text.contains("unknown function nosuch"))
             #expect(try client.request("GET", "/healthz").status == 200)
         }

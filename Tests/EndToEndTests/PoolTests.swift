@@ -18,7 +18,8 @@ final class FunctionsDirectory: Sendable {
 
     func install(_ name: String, _ text: String, mode: Int = 0o755) {
         let aside = path + "/." + name + ".new"
-        _ = FileManager.default.createFile(atPath: aside, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        _ = FileManager.default.createFile(
+            atPath: aside, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
         _ = rename(aside, path + "/" + name)
     }
 
