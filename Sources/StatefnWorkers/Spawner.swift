@@ -24,6 +24,8 @@ struct SpawnedProcess {
     let stdout: Int32
     let stderr: Int32
     let pidfd: Int32
+    /// The memory cgroup that enforces its `memory_mb`, if it got one; otherwise RLIMIT_DATA does.
+    let cgroup: WorkerCgroup?
 
     /// Writes as much of `line` to stdin as the new pipe takes at once (64 KiB on Linux, so a request line usually
     /// goes whole) and returns how many bytes that was; with `thenClose`, a whole line is followed by end of file.
@@ -61,8 +63,11 @@ enum Spawner {
     }
 
     /// Starts `function`'s executable; wraps `clinux_spawn_worker` (clone(2) and execve(2), as posix_spawn(3)
-    /// would, minus its per-spawn stack mapping) and prlimit(2).
-    static func spawn(_ function: FunctionDefinition) throws(WorkerError) -> SpawnedProcess {
+    /// would, minus its per-spawn stack mapping) and prlimit(2). With `cgroups`, `memory_mb` goes on a memory
+    /// cgroup of the worker's own, and on RLIMIT_DATA only if that fails.
+    static func spawn(_ function: FunctionDefinition, cgroups: MemoryCgroups? = nil) throws(WorkerError)
+        -> SpawnedProcess
+    {
         var opened: [Int32] = []
         func closeOpened() { for fd in opened { close(fd) } }
         func makePipe() throws(WorkerError) -> (read: Int32, write: Int32) {
@@ -113,10 +118,13 @@ enum Spawner {
         }
         // The spawn returns once the child has exec'd (CLONE_VFORK), so the limit lands before the new program can
         // have allocated much.
-        _ = clinux_limit_data(pid, UInt64(function.manifest.memoryMB) << 20)
+        let limit = function.manifest.memoryMB << 20
+        let cgroup = cgroups?.confine(pid, bytes: limit)
+        if cgroup == nil { _ = clinux_limit_data(pid, UInt64(limit)) }
         // A new pipe's status flags are only its access mode, which F_SETFL leaves alone.
         for fd in [input.write, output.read, errors.read] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
-        return SpawnedProcess(pid: pid, stdin: input.write, stdout: output.read, stderr: errors.read, pidfd: pidfd)
+        return SpawnedProcess(
+            pid: pid, stdin: input.write, stdout: output.read, stderr: errors.read, pidfd: pidfd, cgroup: cgroup)
     }
 }
 

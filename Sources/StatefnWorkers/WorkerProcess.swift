@@ -37,6 +37,8 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
     private var stdout: Int32
     private var stderr: Int32
     private var pidfd: Int32
+    /// Its memory cgroup, when it has one (`MemoryCgroups`).
+    private let cgroup: WorkerCgroup?
     private var stdinWatch: EventLoop.Watch?
     private var stdoutWatch: EventLoop.Watch?
     private var stderrWatch: EventLoop.Watch?
@@ -91,6 +93,7 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         stdout = spawned.stdout
         stderr = spawned.stderr
         pidfd = spawned.pidfd
+        cgroup = spawned.cgroup
         stdoutWatch = watches.stdout
         stderrWatch = watches.stderr
         pidfdWatch = watches.pidfd
@@ -162,7 +165,7 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
 
     /// The leader's resident set in bytes, from /proc/<pid>/statm; nil once it is gone.
     func residentBytes() -> Int? {
-        guard !exited, let text = readProcFile("/proc/\(pid)/statm") else { return nil }
+        guard !exited, let text = readWholeFile("/proc/\(pid)/statm") else { return nil }
         let fields = text.split(separator: " ")
         guard fields.count > 1, let pages = Int(fields[1]) else { return nil }
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
@@ -267,6 +270,12 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         exited = true
+        if let cgroup, cgroup.release(), !killedForMemory {
+            killedForMemory = true
+            logger.warning(
+                "worker over memory_mb; the kernel's OOM killer ended it in its \(cgroup.version.rawValue)",
+                metadata: ["function": "\(function)", "pid": "\(pid)"])
+        }
         closeStdin()
         closeStdout()
         closeStderr()
@@ -305,15 +314,4 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         if truncated { text += "…[truncated]" }
         logger.info("\(text)", metadata: ["function": "\(function)", "pid": "\(pid)"])
     }
-}
-
-/// A small /proc file's text; wraps open(2) and read(2). /proc reads never block on I/O.
-func readProcFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var buffer = [UInt8](repeating: 0, count: 512)
-    let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-    guard count > 0 else { return nil }
-    return String(decoding: buffer[..<count], as: UTF8.self)
 }

@@ -47,7 +47,9 @@ import Testing
 
     @Test func garbageIs502() async throws {
         try await withPool { pool in
-            #expect(await failureCode { try await pool.invoke(fixture("garbage"), request: request("g")) } == .invalidResponse)
+            #expect(
+                await failureCode { try await pool.invoke(fixture("garbage"), request: request("g")) }
+                    == .invalidResponse)
             try await stillServes(pool)
         }
         #expect(await leavesNoStrays("garbage"))
@@ -58,7 +60,9 @@ import Testing
             let hugeline = fixture("hugeline")
             #expect(hugeline.manifest.maxResponseBytes == 8 << 20)
             for index in 0..<2 {
-                #expect(await failureCode { try await pool.invoke(hugeline, request: request("h\(index)")) } == .invalidResponse)
+                #expect(
+                    await failureCode { try await pool.invoke(hugeline, request: request("h\(index)")) }
+                        == .invalidResponse)
             }
             let status = try #require(await pool.status().first { $0.function == "hugeline" })
             #expect(status.recycles == 2)
@@ -72,7 +76,9 @@ import Testing
         try await withPool { pool in
             let small = fixture("echo") { $0.maxResponseBytes = 4096 }
             _ = try await pool.invoke(small, request: request("fits", payload: ["bytes": 1000]))
-            let code = await failureCode { try await pool.invoke(small, request: request("over", payload: ["bytes": 5000])) }
+            let code = await failureCode {
+                try await pool.invoke(small, request: request("over", payload: ["bytes": 5000]))
+            }
             #expect(code == .invalidResponse)
         }
     }
@@ -87,7 +93,9 @@ import Testing
             let quiet = try await pool.invoke(flood, request: request("quiet", payload: ["quiet": true]))
             #expect(quiet == ["id": "quiet", "reply": "flooded"])
             #expect(await pool.status().first { $0.function == "flood" }?.coldStarts == 1)
-            let lines = recorder.all.filter { $0.metadata["function"] == "flood" && $0.message.hasSuffix("…[truncated]") }
+            let lines = recorder.all.filter {
+                $0.metadata["function"] == "flood" && $0.message.hasSuffix("…[truncated]")
+            }
             #expect(lines.count == 100)
             #expect(lines.allSatisfy { $0.message.utf8.count <= WorkerProcess.stderrLineLimit + 20 })
             try await stillServes(pool)
@@ -122,9 +130,11 @@ import Testing
         try await withPool { pool in
             let hog = fixture("hog")
             #expect(hog.manifest.memoryMB == 64)
-            // RLIMIT_DATA refuses the heap...
-            #expect(await failureCode { try await pool.invoke(hog, request: request("h", payload: ["how": "heap"])) } == .crashed)
-            // ...and the RSS watch kills what RLIMIT_DATA does not count.
+            // RLIMIT_DATA refuses the heap, or the worker's memory cgroup does...
+            #expect(
+                await failureCode { try await pool.invoke(hog, request: request("h", payload: ["how": "heap"])) }
+                    == .crashed)
+            // ...and the RSS watch, or the cgroup, kills what RLIMIT_DATA does not count.
             do {
                 _ = try await pool.invoke(hog, request: request("s", payload: ["how": "shared"]))
                 Issue.record("a worker over memory_mb must not answer")
@@ -137,6 +147,79 @@ import Testing
             #expect((await pool.status().first { $0.function == "hog" }?.recycles ?? 0) >= 1)
         }
         #expect(await leavesNoStrays("hog"))
+    }
+
+    /// Where a memory cgroup is writable (as root on this kind of machine), each warm worker gets one of its own,
+    /// limited to `memory_mb`, and the kernel's OOM killer enforces it; elsewhere RLIMIT_DATA does. Either way the
+    /// test checks what the worker runs under, from /proc and the cgroup files, and that nothing is left afterwards.
+    @Test func aWarmWorkerRunsUnderMemoryMBInItsOwnCgroupWhereOneIsWritable() async throws {
+        let recorder = LogRecorder()
+        let expected = MemoryCgroups.locate(
+            mountInfo: try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8),
+            ownCgroups: try String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8),
+            subtreeControl: { try? String(contentsOfFile: $0 + "/cgroup.subtree_control", encoding: .utf8) })
+        var workerCgroup: String?
+        try await withPool(recorder) { pool in
+            let hog = fixture("hog")
+            let first = try await pool.invoke(hog, request: request("a"))
+            let pid = try #require(first["reply"]?["pid"]?.integerValue)
+            let limits = try String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)
+            let dataLimit = limits.split(separator: "\n").first { $0.hasPrefix("Max data size") }.map(String.init) ?? ""
+            guard let (version, parent) = expected else {
+                #expect(dataLimit.contains("\(64 << 20)"), "no cgroup here, so RLIMIT_DATA: \(dataLimit)")
+                return
+            }
+            #expect(dataLimit.contains("unlimited"), "a worker in a memory cgroup gets no RLIMIT_DATA: \(dataLimit)")
+            let directory = parent + "/statefn-\(getpid())-"
+            let cgroup = try #require(pool.memoryCgroups).directory + "/\(pid)"
+            #expect(cgroup.hasPrefix(directory))
+            let limitFile = version == .v1 ? "/memory.limit_in_bytes" : "/memory.max"
+            #expect(try String(contentsOfFile: cgroup + limitFile, encoding: .utf8) == "\(64 << 20)\n")
+            #expect(try String(contentsOfFile: cgroup + "/cgroup.procs", encoding: .utf8) == "\(pid)\n")
+            workerCgroup = cgroup
+
+            // Over the limit, the kernel kills the worker; the pool says why, and replaces it.
+            for how in ["heap", "shared"] {
+                do {
+                    _ = try await pool.invoke(hog, request: request(how, payload: ["how": .string(how)]))
+                    Issue.record("a worker over memory_mb must not answer")
+                } catch let error as WorkerError {
+                    #expect(error.code == .crashed)
+                    #expect(error.detail.contains("memory_mb"), "\(error.detail)")
+                }
+            }
+            #expect(!recorder.messages(containing: "OOM killer").isEmpty)
+            #expect(try await pool.invoke(hog, request: request("b"))["id"] == "b")
+            #expect(!FileManager.default.fileExists(atPath: cgroup), "a reaped worker's cgroup is removed")
+        }
+        if let workerCgroup {
+            let directory = String(workerCgroup[..<workerCgroup.lastIndex(of: "/")!])
+            #expect(!FileManager.default.fileExists(atPath: directory), "a stopped pool removes its directory")
+        }
+        #expect(await leavesNoStrays("hog"))
+    }
+
+    @Test func locatesTheMemoryCgroupInBothHierarchies() {
+        let hybrid = """
+            35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+            41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+            """
+        let own = "4:memory:/process_api/abc\n1:cpu:/\n0::/\n"
+        // cgroup v2 without the memory controller for children: v1's memory hierarchy.
+        let v1 = MemoryCgroups.locate(mountInfo: hybrid, ownCgroups: own, subtreeControl: { _ in "hugetlb\n" })
+        #expect(v1?.version == .v1)
+        #expect(v1?.parent == "/sys/fs/cgroup/memory/process_api/abc")
+        // With memory delegated in v2, v2 wins.
+        let v2 = MemoryCgroups.locate(mountInfo: hybrid, ownCgroups: own, subtreeControl: { _ in "cpu memory\n" })
+        #expect(v2?.version == .v2)
+        #expect(v2?.parent == "/sys/fs/cgroup/unified")
+        // A container that sees only its own part of the hierarchy (the mount's root is its cgroup).
+        let container = "50 40 0:30 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+        let inside = MemoryCgroups.locate(
+            mountInfo: container, ownCgroups: "0::/kubepods/pod1/app\n", subtreeControl: { _ in "memory pids" })
+        #expect(inside?.parent == "/sys/fs/cgroup/app")
+        // No memory controller anywhere.
+        #expect(MemoryCgroups.locate(mountInfo: "", ownCgroups: own, subtreeControl: { _ in nil }) == nil)
     }
 
     @Test func reservedAddressSpaceDoesNotCountAgainstMemoryMB() async throws {

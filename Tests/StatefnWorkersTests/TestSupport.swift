@@ -68,7 +68,8 @@ final class LogRecorder: Sendable {
             set { metadata[key] = newValue }
         }
         func log(event: LogEvent) {
-            let entry = Entry(message: event.message.description, metadata: metadata.merging(event.metadata ?? [:]) { $1 })
+            let entry = Entry(
+                message: event.message.description, metadata: metadata.merging(event.metadata ?? [:]) { $1 })
             recorder.entries.withLock { $0.append(entry) }
         }
     }
@@ -143,7 +144,8 @@ final class TemporaryDirectory: Sendable {
     /// Writes an executable atomically (write aside, then rename), as a deploy should.
     func install(_ name: String, _ text: String) {
         let aside = path + "/." + name + ".new"
-        FileManager.default.createFile(atPath: aside, contents: Data(text.utf8), attributes: [.posixPermissions: 0o755])
+        _ = FileManager.default.createFile(
+            atPath: aside, contents: Data(text.utf8), attributes: [.posixPermissions: 0o755])
         _ = rename(aside, path + "/" + name)
     }
 }
