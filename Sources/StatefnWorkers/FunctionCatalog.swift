@@ -92,7 +92,9 @@ public struct FunctionCatalog: Sendable, Equatable {
         if entry.isDirectory {
             // A handler that imports its neighbours changes when they do.
             for other in directoryEntries(path) ?? [] where other != "handler" {
-                if let status = FileStatus(path + "/" + other), status.isRegularFile { revision += "|" + status.revision }
+                if let status = FileStatus(path + "/" + other), status.isRegularFile {
+                    revision += "|" + status.revision
+                }
             }
         }
         return .success(
@@ -151,21 +153,4 @@ private func absolutePath(_ path: String) -> String? {
     guard let resolved = realpath(path, nil) else { return nil }
     defer { free(resolved) }
     return String(cString: resolved)
-}
-
-/// A whole small file, or nil if it cannot be read or is over `limit` bytes; wraps open(2) and read(2).
-private func readFile(_ path: String, limit: Int) -> [UInt8]? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count < 0 && errno == EINTR { continue }
-        guard count >= 0 else { return nil }
-        if count == 0 { return bytes }
-        bytes += chunk[..<count]
-        if bytes.count > limit { return nil }
-    }
 }

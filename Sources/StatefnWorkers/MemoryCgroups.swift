@@ -73,9 +73,9 @@ final class MemoryCgroups: Sendable {
     /// This process's cgroups, or nil (logged) if no memory cgroup is writable here. Directories left by gateways
     /// that died without cleaning up are removed first, once their workers are gone.
     static func open(logger: Logger) -> MemoryCgroups? {
-        guard let mountInfo = readWholeFile("/proc/self/mountinfo"), let own = readWholeFile("/proc/self/cgroup"),
+        guard let mountInfo = readText("/proc/self/mountinfo"), let own = readText("/proc/self/cgroup"),
             let (version, parent) = locate(
-                mountInfo: mountInfo, ownCgroups: own, subtreeControl: { readWholeFile($0 + "/cgroup.subtree_control") }
+                mountInfo: mountInfo, ownCgroups: own, subtreeControl: { readText($0 + "/cgroup.subtree_control") }
             )
         else {
             logger.notice("memory_mb: no memory cgroup here; RLIMIT_DATA and the RSS watch enforce it")
@@ -156,12 +156,12 @@ struct WorkerCgroup: Sendable {
     func release() -> Bool {
         let events = version == .v1 ? "/memory.oom_control" : "/memory.events"
         let oomKilled =
-            readWholeFile(path + events)?.split(separator: "\n").contains { line in
+            readText(path + events)?.split(separator: "\n").contains { line in
                 line.hasPrefix("oom_kill ") && line.split(separator: " ").last.flatMap { Int($0) } ?? 0 > 0
             } ?? false
         for _ in 0..<3 {
             if rmdir(path) == 0 || errno != EBUSY { break }
-            let procs = readWholeFile(path + "/cgroup.procs") ?? ""
+            let procs = readText(path + "/cgroup.procs") ?? ""
             for pid in procs.split(separator: "\n").compactMap({ pid_t($0) }) { kill(pid, SIGKILL) }
             usleep(1_000)
         }
@@ -169,20 +169,26 @@ struct WorkerCgroup: Sendable {
     }
 }
 
-/// A file's whole text (cgroup and /proc files are small and never block on I/O); nil if it cannot be read.
-func readWholeFile(_ path: String) -> String? {
+/// A whole small file, or nil if it cannot be read or is over `limit` bytes; wraps open(2) and read(2).
+func readFile(_ path: String, limit: Int) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
     var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
+    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
     while true {
-        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         if count < 0 && errno == EINTR { continue }
-        guard count > 0 else { break }
-        bytes += buffer[..<count]
+        guard count >= 0 else { return nil }
+        if count == 0 { return bytes }
+        bytes += chunk[..<count]
+        if bytes.count > limit { return nil }
     }
-    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// `readFile` as text, for /proc and cgroup files (small, and never blocking on I/O).
+func readText(_ path: String) -> String? {
+    readFile(path, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) }
 }
 
 /// Writes `text` to a cgroup control file in one write(2), as the kernel wants; false if it refused.

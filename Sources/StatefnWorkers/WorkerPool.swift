@@ -66,8 +66,9 @@ public final class WorkerPool: Sendable {
     /// The executor request handlers prefer, so that they continue on the I/O thread after their answer.
     public let answerExecutor: AnswerExecutor
     /// Where warm workers' memory cgroups go, if a memory cgroup is writable here. Fork runs do not get one: a
-    /// cgroup's mkdir, attach and rmdir cost about 0.2 ms of CPU and 0.3 ms of wall time per process, as much again
-    /// as the gateway's own share of a fork run; RLIMIT_DATA and the RSS watch enforce their `memory_mb`.
+    /// cgroup's mkdir, limits, attach and rmdir cost about 0.14 ms of CPU and 0.23 ms of wall time per process
+    /// (bench/RESULTS.md), over half the gateway's own ~0.25 ms share of a fork run; RLIMIT_DATA and the RSS watch
+    /// enforce their `memory_mb`.
     let memoryCgroups: MemoryCgroups?
 
     public init(logger: Logger) {

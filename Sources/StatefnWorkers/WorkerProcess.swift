@@ -165,7 +165,7 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
 
     /// The leader's resident set in bytes, from /proc/<pid>/statm; nil once it is gone.
     func residentBytes() -> Int? {
-        guard !exited, let text = readWholeFile("/proc/\(pid)/statm") else { return nil }
+        guard !exited, let text = readText("/proc/\(pid)/statm") else { return nil }
         let fields = text.split(separator: " ")
         guard fields.count > 1, let pages = Int(fields[1]) else { return nil }
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
