@@ -49,7 +49,7 @@ let package = Package(
             name: "StatefnCore",
             dependencies: [
                 "StatefnJSON", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnAuth",
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Logging", package: "swift-log"), .product(name: "Crypto", package: "swift-crypto"),
             ]),
         .executableTarget(
             name: "statefn",

@@ -6,7 +6,8 @@ public final class RateLimiter: Sendable {
     public let rate: Double
     public let burst: Double
     private let clock: AuthClock
-    private let buckets = Mutex<[String: TokenBucket]>([:])
+    // Keyed by the caller's UTF-8 bytes: `String` keys would merge subjects that are only canonically equivalent.
+    private let buckets = Mutex<[[UInt8]: TokenBucket]>([:])
     private let sweepAbove = 10_000
 
     public init(rate: Double, burst: Double, clock: @escaping AuthClock = SystemAuthClock.now) {
@@ -18,6 +19,7 @@ public final class RateLimiter: Sendable {
 
     public func take(_ key: String) -> TokenBucket.Decision {
         let now = clock()
+        let key = Array(key.utf8)
         return buckets.withLock { buckets in
             if buckets.count > sweepAbove { buckets = buckets.filter { !$0.value.isFull(now: now) } }
             var bucket = buckets[key] ?? TokenBucket(rate: rate, burst: burst, now: now)

@@ -80,15 +80,17 @@ public struct Scope: Sendable, Hashable, CustomStringConvertible {
         guard action == needed || action == .admin else { return false }
         switch (function, name) {
         case (.any, _): break
-        case (.named(let granted), let name?) where granted == name: break
+        case (.named(let granted), let name?) where granted.utf8.elementsEqual(name.utf8): break
         default: return false
         }
         switch (entity, id) {
         case (.any, _): return true
         case (_, nil): return false
-        case (.exact(let granted), let id?): return granted == id
-        case (.prefix(let prefix), let id?): return id.hasPrefix(prefix)
-        case (.subject, let id?): return !subject.isEmpty && id == subject
+        // Bytes, not `String ==` or `hasPrefix` (canonical equivalence): `{sub}` for "\u{212A}ate" (KELVIN SIGN)
+        // must not reach "Kate", which the database keeps as another entity (DESIGN.md section 9).
+        case (.exact(let granted), let id?): return granted.utf8.elementsEqual(id.utf8)
+        case (.prefix(let prefix), let id?): return id.utf8.starts(with: prefix.utf8)
+        case (.subject, let id?): return !subject.isEmpty && id.utf8.elementsEqual(subject.utf8)
         }
     }
 

@@ -3,13 +3,25 @@
 // mailbox holds the entity for the whole command instead.
 import Synchronization
 
-/// Identifies an entity: its function and id.
+/// Identifies an entity: its function and id. Equal and hashed by UTF-8 bytes, as PostgreSQL compares them:
+/// Swift's `String ==` is canonical equivalence, under which `"é"` (U+00E9) and `"e\u{301}"` are one key for
+/// two rows (DESIGN.md section 9).
 public struct EntityKey: Hashable, Sendable {
     public var function: String
     public var entity: String
     public init(function: String, entity: String) {
         self.function = function
         self.entity = entity
+    }
+
+    public static func == (a: EntityKey, b: EntityKey) -> Bool {
+        a.function.utf8.elementsEqual(b.function.utf8) && a.entity.utf8.elementsEqual(b.entity.utf8)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        for byte in function.utf8 { hasher.combine(byte) }
+        hasher.combine(0xFF as UInt8)  // not a UTF-8 byte: separates the two parts
+        for byte in entity.utf8 { hasher.combine(byte) }
     }
 }
 

@@ -1,17 +1,21 @@
-// Reads and commits entity state (DESIGN.md sections 1, 4 and 5). No transaction is ever held open while a worker
-// runs: state is read, the worker runs, and the commit is a compare-and-set on the version read.
+// Reads and commits entity state (DESIGN.md sections 4 and 5): the SQL of the request path. No transaction is ever
+// held open while a worker runs: state is read, the worker runs, and the commit is a compare-and-set on the version
+// read. The Committer decides what to commit and when; this file only says how.
 import Logging
 import StatefnJSON
 import StatefnPostgres
 
-/// An entity's state as last read or committed. Version 0 with `null` state means never written.
+/// An entity's state as last read or committed. `null` state means absent: version 0 if it was never written, the
+/// version of its deletion if it was deleted (a deleted entity keeps a tombstone row, so that versions are never
+/// reused and a compare-and-set on a stale copy can never succeed after a delete and a re-create).
 public struct EntitySnapshot: Sendable, Equatable {
     public var state: JSONValue
     public var version: Int64
     public static let absent = EntitySnapshot(state: .null, version: 0)
+    public var exists: Bool { state != .null }
 }
 
-/// What a command's worker asked to commit.
+/// What one entity's command asks to commit. A request that changes nothing and carries nothing is a version check.
 struct CommitRequest: Sendable {
     enum Change: Sendable {
         case unchanged
@@ -25,6 +29,8 @@ struct CommitRequest: Sendable {
     var events: [String]
     var effects: [Effect]
     var principal: String
+    /// The idempotency record to write in the same transaction, if the request carried a key.
+    var record: IdempotencyRecord?
 
     struct Effect: Sendable {
         var function: String
@@ -34,41 +40,88 @@ struct CommitRequest: Sendable {
         var delayMs: Int64
     }
 
-    /// True when nothing needs to be written at all.
-    var isEmpty: Bool {
-        if case .unchanged = change { return events.isEmpty && effects.isEmpty }
+    struct IdempotencyRecord: Sendable {
+        var claim: IdempotencyClaim
+        var answer: StoredAnswer
+        var ttlMs: Int64
+    }
+
+    /// Only checks that the entity is still at `seenVersion`.
+    var isVersionCheck: Bool {
+        if case .unchanged = change { return events.isEmpty && effects.isEmpty && record == nil }
         return false
+    }
+
+    /// The version the entity has once this commits.
+    var versionAfter: Int64 {
+        if case .unchanged = change { return seenVersion }
+        return seenVersion + 1
     }
 }
 
 enum CommitOutcome: Sendable, Equatable {
-    /// Committed; the entity is now at this version (0 after a delete).
+    /// Committed; the entity is now at this version.
     case committed(version: Int64)
-    /// Another writer moved the entity past `seenVersion` first: reload and run again.
+    /// Another writer moved the entity past `seenVersion` first, or wrote the same idempotency record: read again.
     case conflict
+}
+
+/// A commit whose outcome could not be learned: the connection was lost during COMMIT (or 40003), and reading back
+/// could not tell whether it took effect.
+struct CommitUncertain: Error {
+    var detail: String
 }
 
 final class EntityStore: Sendable {
     private let pool: PostgresPool
     private let logger: Logger
     /// Transaction attempts on 40001/40P01 before giving up.
-    private let maxTransactionAttempts = 6
+    private let maxTransactionAttempts = 8
+    /// Called with the SQLSTATE of each retried transaction failure (for counts in tests and metrics).
+    private let onRetry: @Sendable (String) -> Void
 
-    init(pool: PostgresPool, logger: Logger) {
+    init(pool: PostgresPool, logger: Logger, onRetry: @escaping @Sendable (String) -> Void = { _ in }) {
         self.pool = pool
         self.logger = logger
+        self.onRetry = onRetry
     }
 
-    func load(_ key: EntityKey) async throws -> EntitySnapshot {
+    func load(_ key: EntityKey) async throws -> EntitySnapshot { try await loadMeasured(key).snapshot }
+
+    /// The snapshot and the length of its state's text (what the cache charges for it).
+    func loadMeasured(_ key: EntityKey) async throws -> (snapshot: EntitySnapshot, bytes: Int) {
         let result = try await pool.execute(
             "SELECT state::text, version FROM entities WHERE function = $1 AND entity_id = $2",
             [key.function, key.entity])
         guard let row = result.rows.first, let stateText = row[0], let versionText = row[1],
             let version = Int64(versionText)
-        else { return .absent }
+        else { return (.absent, 4) }
         // jsonb may print numbers in forms the client never sent, so parse without client limits on size.
         let state = try JSONValue.parse(stateText, limits: JSONLimits(maxBytes: .max, maxDepth: 256))
-        return EntitySnapshot(state: state, version: version)
+        return (EntitySnapshot(state: state, version: version), stateText.utf8.count)
+    }
+
+    /// The stored answer under `claim`'s key, if there is one (expired or not: the sweeper removes expired ones).
+    func record(for claim: IdempotencyClaim) async throws -> StoredAnswer? {
+        let result = try await pool.execute(
+            """
+            SELECT request_hash, status, response, etag FROM idempotency
+            WHERE caller = $1 AND function = $2 AND entity_id = $3 AND key = $4
+            """, [claim.caller, claim.key.function, claim.key.entity, claim.token])
+        guard let row = result.rows.first, let hash = row[0], let status = row[1].flatMap({ Int($0) }),
+            let body = row[2]
+        else { return nil }
+        return StoredAnswer(fingerprint: hash, status: status, body: body, etag: row[3])
+    }
+
+    /// Deletes up to `limit` expired idempotency records; returns how many went.
+    func sweepExpiredRecords(limit: Int) async throws -> Int {
+        let result = try await pool.execute(
+            """
+            DELETE FROM idempotency WHERE (caller, function, entity_id, key) IN (
+                SELECT caller, function, entity_id, key FROM idempotency WHERE expires_at < now() LIMIT $1)
+            """, [String(limit)])
+        return result.affectedRows
     }
 
     /// jsonb keeps numbers as `numeric` and prints them without an exponent, so a double at or beyond 2^63 in
@@ -87,8 +140,19 @@ final class EntityStore: Sendable {
         }
     }
 
-    /// One all-or-nothing CAS transaction: state, events and outbox rows. Retried on 40001/40P01 with jittered
-    /// exponential backoff; 40003 (unknown outcome) is not retried and surfaces as an error.
+    /// Commits each request as its own all-or-nothing transaction, and gives each its own outcome: one entity's
+    /// conflict or error never fails another's. (Today one after another; the shape lets them share a round trip.)
+    func commit(_ requests: [CommitRequest]) async -> [Result<CommitOutcome, any Error>] {
+        var outcomes: [Result<CommitOutcome, any Error>] = []
+        for request in requests {
+            do { outcomes.append(.success(try await commit(request))) } catch { outcomes.append(.failure(error)) }
+        }
+        return outcomes
+    }
+
+    /// One CAS transaction: state, events, outbox rows and the idempotency record. Retried on 40001/40P01 with
+    /// jittered exponential backoff. An unknown outcome (40003, or the connection lost while the last statement was
+    /// on its way) is resolved by reading back, never by running the commit again blindly.
     func commit(_ request: CommitRequest) async throws -> CommitOutcome {
         var attempt = 1
         while true {
@@ -97,21 +161,132 @@ final class EntityStore: Sendable {
                     try Self.commit(request, on: connection)
                 }
             } catch let error as PostgresError where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts {
+                onRetry(error.sqlState ?? "")
                 logger.debug(
                     "commit retried", metadata: ["sqlstate": "\(error.sqlState ?? "")", "attempt": "\(attempt)"])
                 let base = 2 << min(attempt, 8)  // ms: 4, 8, 16, ...
                 try await Task.sleep(for: .milliseconds(Int.random(in: base / 2...base)))
                 attempt += 1
+            } catch let error as OutcomeUnknown {
+                logger.warning(
+                    "commit outcome unknown; reading back",
+                    metadata: ["function": "\(request.key.function)", "error": "\(error.cause.logDescription)"])
+                return try await resolve(request, cause: error.cause)
             }
         }
     }
 
+    /// Learns whether a commit whose answer was lost took effect. The entity row is locked first, so a commit the
+    /// server is still finishing is waited for rather than missed. With an idempotency record the answer is always
+    /// "read again": the record is there (this commit, or a twin under the same key, landed: replay it) or it is not
+    /// (nothing landed: run again). Without one, an unmoved version proves nothing landed; a moved one proves
+    /// nothing either way.
+    private func resolve(_ request: CommitRequest, cause: PostgresError) async throws -> CommitOutcome {
+        var lastError: any Error = cause
+        for attempt in 1...5 {
+            do {
+                let version = try await pool.withConnection { db -> Int64 in
+                    _ = try db.execute("BEGIN")
+                    let result = try db.execute(
+                        "SELECT version FROM entities WHERE function = $1 AND entity_id = $2 FOR UPDATE",
+                        [request.key.function, request.key.entity])
+                    _ = try db.execute("COMMIT")
+                    return result.rows.first?[0].flatMap { Int64($0) } ?? 0
+                }
+                if request.record != nil { return .conflict }
+                if case .unchanged = request.change {
+                    throw CommitUncertain(detail: "events or effects may or may not have been committed")
+                }
+                if version == request.seenVersion { return .conflict }
+                throw CommitUncertain(
+                    detail: "the entity moved from version \(request.seenVersion) to \(version), by this commit or another")
+            } catch let error as PostgresError {
+                lastError = error
+                try await Task.sleep(for: .milliseconds(100 * attempt))
+            }
+        }
+        throw CommitUncertain(detail: "the database could not be read back: \(lastError)")
+    }
+
+    private struct OutcomeUnknown: Error {
+        var cause: PostgresError
+    }
+
     private static func commit(_ request: CommitRequest, on db: PostgresConnection) throws -> CommitOutcome {
         let key = request.key
+        if request.isVersionCheck {
+            let result = try db.execute(
+                "SELECT version FROM entities WHERE function = $1 AND entity_id = $2", [key.function, key.entity])
+            let current = result.rows.first?[0].flatMap { Int64($0) } ?? 0
+            return current == request.seenVersion ? .committed(version: current) : .conflict
+        }
+        // A state change alone, or an answer that changed nothing but must be remembered, is one statement: one
+        // round trip and no explicit transaction.
         let single = request.events.isEmpty && request.effects.isEmpty
-        // The common case, a state change alone, is one statement: one round trip, no explicit transaction.
-        if !single { _ = try db.execute("BEGIN") }
-        let outcome: CommitOutcome
+        if single, case .unchanged = request.change, let record = request.record {
+            return try final(on: db) {
+                let inserted = try insertRecord(record, onlyIfAt: request.seenVersion, on: db)
+                return inserted ? .committed(version: request.seenVersion) : .conflict
+            }
+        }
+        if single, request.record == nil {
+            return try final(on: db) { try writeState(request, on: db) }
+        }
+        do {
+            _ = try db.execute("BEGIN")
+            let outcome = try writeState(request, on: db)
+            guard case .committed = outcome else {
+                _ = try db.execute("ROLLBACK")
+                return outcome
+            }
+            for event in request.events {
+                _ = try db.execute(
+                    """
+                    INSERT INTO entity_events (function, entity_id, seq, event, principal)
+                    SELECT $1, $2, coalesce(max(seq), 0) + 1, $3::jsonb, $4::jsonb
+                    FROM entity_events WHERE function = $1 AND entity_id = $2
+                    """, [key.function, key.entity, event, request.principal])
+            }
+            for effect in request.effects {
+                _ = try db.execute(
+                    """
+                    INSERT INTO outbox (function, entity_id, command, payload, not_before, source_function, source_entity)
+                    VALUES ($1, $2, $3, $4::jsonb, now() + $5::bigint * INTERVAL '1 millisecond', $6, $7)
+                    """,
+                    [effect.function, effect.entity, effect.command, effect.payload, String(effect.delayMs),
+                     key.function, key.entity])
+            }
+            if let record = request.record { _ = try insertRecord(record, onlyIfAt: nil, on: db) }
+        } catch let error as PostgresError where error.sqlState == "23505" {
+            // A twin under the same idempotency key, or another writer's event with the same seq, got there first.
+            return .conflict
+        }
+        return try final(on: db) {
+            _ = try db.execute("COMMIT")
+            return outcome(of: request)
+        }
+    }
+
+    /// The outcome of a transaction that reached COMMIT.
+    private static func outcome(of request: CommitRequest) -> CommitOutcome {
+        .committed(version: request.versionAfter)
+    }
+
+    /// Runs the statement that decides a commit. The server may have committed it even when its answer never
+    /// arrived, so a lost connection here, or 40003, is an unknown outcome; a unique violation is a lost race.
+    private static func final(on db: PostgresConnection, _ body: () throws -> CommitOutcome) throws -> CommitOutcome {
+        do {
+            return try body()
+        } catch let error as PostgresError {
+            if error.sqlState == "23505" { return .conflict }
+            if error.code == .connectionFailed || error.isUnknownCommitOutcome { throw OutcomeUnknown(cause: error) }
+            throw error
+        }
+    }
+
+    /// The compare-and-set on the entity row; `.unchanged` locks the row and checks its version instead.
+    private static func writeState(_ request: CommitRequest, on db: PostgresConnection) throws -> CommitOutcome {
+        let key = request.key
         switch request.change {
         case .replace(let state) where request.seenVersion == 0:
             let result = try db.execute(
@@ -119,50 +294,54 @@ final class EntityStore: Sendable {
                 INSERT INTO entities (function, entity_id, state, version, updated_at)
                 VALUES ($1, $2, $3::jsonb, 1, now()) ON CONFLICT (function, entity_id) DO NOTHING
                 """, [key.function, key.entity, state])
-            outcome = result.affectedRows == 1 ? .committed(version: 1) : .conflict
+            return result.affectedRows == 1 ? .committed(version: 1) : .conflict
         case .replace(let state):
-            let result = try db.execute(
-                """
-                UPDATE entities SET state = $3::jsonb, version = version + 1, updated_at = now()
-                WHERE function = $1 AND entity_id = $2 AND version = $4
-                """, [key.function, key.entity, state, String(request.seenVersion)])
-            outcome = result.affectedRows == 1 ? .committed(version: request.seenVersion + 1) : .conflict
+            return try compareAndSet(request, state: state, on: db)
         case .delete:
-            let result = try db.execute(
-                "DELETE FROM entities WHERE function = $1 AND entity_id = $2 AND version = $3",
-                [key.function, key.entity, String(request.seenVersion)])
-            outcome = result.affectedRows == 1 || request.seenVersion == 0 ? .committed(version: 0) : .conflict
+            // A tombstone, not a DELETE: the version goes on from here, so it is never reused.
+            return try compareAndSet(request, state: "null", on: db)
         case .unchanged:
-            // Events or effects without a state change still need the version to hold: bump nothing, but
-            // lock the row and check it.
+            // Events or effects without a state change still need the version to hold: lock the row and check it.
             let result = try db.execute(
                 "SELECT version FROM entities WHERE function = $1 AND entity_id = $2 FOR UPDATE",
                 [key.function, key.entity])
             let current = result.rows.first?[0].flatMap { Int64($0) } ?? 0
-            outcome = current == request.seenVersion ? .committed(version: current) : .conflict
+            return current == request.seenVersion ? .committed(version: current) : .conflict
         }
-        guard case .committed = outcome else {
-            if !single { _ = try db.execute("ROLLBACK") }
-            return outcome
-        }
-        for event in request.events {
-            _ = try db.execute(
-                """
-                INSERT INTO entity_events (function, entity_id, seq, event, principal)
-                SELECT $1, $2, coalesce(max(seq), 0) + 1, $3::jsonb, $4::jsonb
-                FROM entity_events WHERE function = $1 AND entity_id = $2
-                """, [key.function, key.entity, event, request.principal])
-        }
-        for effect in request.effects {
-            _ = try db.execute(
-                """
-                INSERT INTO outbox (function, entity_id, command, payload, not_before, source_function, source_entity)
-                VALUES ($1, $2, $3, $4::jsonb, now() + $5::bigint * INTERVAL '1 millisecond', $6, $7)
-                """,
-                [effect.function, effect.entity, effect.command, effect.payload, String(effect.delayMs),
-                 key.function, key.entity])
-        }
-        if !single { _ = try db.execute("COMMIT") }
-        return outcome
+    }
+
+    private static func compareAndSet(_ request: CommitRequest, state: String, on db: PostgresConnection) throws
+        -> CommitOutcome
+    {
+        let result = try db.execute(
+            """
+            UPDATE entities SET state = $3::jsonb, version = version + 1, updated_at = now()
+            WHERE function = $1 AND entity_id = $2 AND version = $4
+            """, [request.key.function, request.key.entity, state, String(request.seenVersion)])
+        return result.affectedRows == 1 ? .committed(version: request.seenVersion + 1) : .conflict
+    }
+
+    /// Writes the record; with `onlyIfAt`, only while the entity is still at that version (0: absent), so that one
+    /// statement both checks the version and remembers the answer. Returns whether a row went in.
+    private static func insertRecord(
+        _ record: CommitRequest.IdempotencyRecord, onlyIfAt version: Int64?, on db: PostgresConnection
+    ) throws -> Bool {
+        let claim = record.claim
+        var parameters: [String?] = [
+            claim.caller, claim.key.function, claim.key.entity, claim.token, claim.fingerprint,
+            String(record.answer.status), record.answer.body, record.answer.etag, String(record.ttlMs),
+        ]
+        let insert = """
+            INSERT INTO idempotency (caller, function, entity_id, key, request_hash, status, response, etag, expires_at)
+            SELECT $1, $2, $3, $4, $5, $6::bigint, $7, $8, now() + $9::bigint * INTERVAL '1 millisecond'
+            """
+        guard let version else { return try db.execute(insert, parameters).affectedRows == 1 }
+        parameters.append(String(version))
+        let result = try db.execute(
+            insert + """
+
+                WHERE coalesce((SELECT version FROM entities WHERE function = $2 AND entity_id = $3), 0) = $10::bigint
+                """, parameters)
+        return result.affectedRows == 1
     }
 }

@@ -9,10 +9,8 @@ import StatefnWorkers
 import Synchronization
 
 public struct GatewayConfiguration: Sendable {
-    /// Runs of a command after a lost compare-and-set before answering 409.
-    public var conflictAttempts = 3
-    /// Entities whose last snapshot is kept in memory.
-    public var cacheEntries = 100_000
+    /// The conflict budget, the state cache and idempotency: see `CommitterConfiguration`.
+    public var commits = CommitterConfiguration()
     public init() {}
 }
 
@@ -22,8 +20,7 @@ public final class Gateway: Sendable {
     private let workers: WorkerPool
     private let pool: PostgresPool
     private let store: EntityStore
-    private let mailboxes = EntityMailboxes()
-    private let cache: StateCache
+    private let committer: Committer
     private let logger: Logger
     private let draining = Atomic<Bool>(false)
     /// nil only with `--insecure-no-auth`: every call is then anonymous and allowed.
@@ -39,7 +36,7 @@ public final class Gateway: Sendable {
         self.workers = workers
         self.pool = pool
         self.store = EntityStore(pool: pool, logger: logger)
-        self.cache = StateCache(capacity: configuration.cacheEntries)
+        self.committer = Committer(configuration: configuration.commits, store: store, logger: logger)
         self.logger = logger
     }
 
@@ -50,6 +47,23 @@ public final class Gateway: Sendable {
 
     /// From now on readiness answers 503, so a load balancer stops sending traffic.
     public func beginDraining() { draining.store(true, ordering: .relaxed) }
+
+    /// Shutdown past its grace: nothing commits from now on, and this returns once the commits under way have
+    /// finished. Requests still running after this are answered 503, and none of them will have committed.
+    public func closeCommits() async { await committer.closeCommits() }
+
+    /// Deletes expired idempotency records in small batches, every `interval`, until cancelled. Every replica may
+    /// run it: the batches are small, and two sweepers only share the work.
+    public func sweepIdempotencyRecords(every interval: Duration) async {
+        while !Task.isCancelled {
+            do {
+                while try await store.sweepExpiredRecords(limit: 500) == 500, !Task.isCancelled {}
+            } catch {
+                logger.warning("idempotency sweep failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: interval)
+        }
+    }
 
     public func handle(_ request: HTTPRequest) async -> HTTPResponse {
         let started = ContinuousClock.now
@@ -114,10 +128,12 @@ public final class Gateway: Sendable {
             _ = try await lookup(function, stateless: false, request, &context, .read, entity: entity)
             _ = try await authorize(request, &context, .read, function: function, entity: entity, isPublic: false)
             let snapshot = try await store.load(EntityKey(function: function, entity: entity))
-            guard snapshot.version > 0 else { throw GatewayError(404, "entity \(entity) has never been written") }
-            return .json(
-                ["state": snapshot.state, "version": .integer(snapshot.version)], headers: [Self.etag(snapshot.version)]
-            )
+            guard snapshot.exists else { throw GatewayError(404, "entity \(entity) has never been written") }
+            let etag = Self.etag(snapshot.version)
+            if let tags = request.headers["if-none-match"], Self.matches(tags, version: snapshot.version) {
+                return HTTPResponse(status: 304, headers: [etag])
+            }
+            return .json(["state": snapshot.state, "version": .integer(snapshot.version)], headers: [etag])
         }
     }
 
@@ -178,55 +194,20 @@ public final class Gateway: Sendable {
         principal: Principal?
     ) async throws -> HTTPResponse {
         let payload = try Self.parseBody(request)
-        let expected = try Self.ifMatch(request)
+        let ifMatch = request.headers["if-match"]
         let key = EntityKey(function: definition.name, entity: entity)
-        return try await mailboxes.run(key) {
-            for attempt in 1...configuration.conflictAttempts {
-                let snapshot: EntitySnapshot
-                if attempt == 1, let cached = cache.get(key) {
-                    snapshot = cached
-                } else {
-                    snapshot = try await store.load(key)
-                }
-                if let expected, expected != snapshot.version {
-                    cache.put(key, snapshot)
-                    throw GatewayError(412, "the entity is at version \(snapshot.version), not \(expected)")
-                }
-                let answer = try await invoke(
-                    definition, entity: entity, command: command, payload: payload, snapshot: snapshot,
-                    readonly: false, requestID: request.requestID, principal: principal)
-                let commit = try Self.commitRequest(
-                    answer, key: key, snapshot: snapshot, manifest: definition.manifest, principal: principal)
-                guard let commit else {
-                    cache.put(key, snapshot)
-                    return .json(answer.reply, headers: [Self.etag(snapshot.version)])
-                }
-                let outcome: CommitOutcome
-                do {
-                    outcome = try await store.commit(commit)
-                } catch {
-                    // The outcome may be unknown (a connection lost mid-commit): forget what we think we know.
-                    cache.remove(key)
-                    throw error
-                }
-                switch outcome {
-                case .committed(let version):
-                    if case .replace(let state) = answer.change {
-                        cache.put(key, EntitySnapshot(state: state, version: version))
-                    } else if version == 0 {
-                        cache.put(key, .absent)
-                    } else {
-                        cache.put(key, EntitySnapshot(state: snapshot.state, version: version))
-                    }
-                    return .json(answer.reply, headers: [Self.etag(version)])
-                case .conflict:
-                    cache.remove(key)
-                    logger.debug(
-                        "version conflict", metadata: ["function": "\(key.function)", "attempt": "\(attempt)"])
-                }
-            }
-            throw GatewayError(
-                409, "the entity kept changing; gave up after \(configuration.conflictAttempts) attempts")
+        let claim = try IdempotencyClaim.parse(header: request.headers["idempotency-key"]).map { token in
+            IdempotencyClaim(
+                caller: principal?.subject ?? "", key: key, token: token,
+                fingerprint: IdempotencyClaim.fingerprint(command: command, ifMatch: ifMatch, body: request.body))
+        }
+        let input = CommandInput(
+            key: key, manifest: definition.manifest, expectedVersion: try Self.ifMatch(request), claim: claim,
+            principal: principal?.json.encodedString() ?? "null", requestID: request.requestID)
+        return try await committer.execute(input) { snapshot in
+            try await self.invoke(
+                definition, entity: entity, command: command, payload: payload, snapshot: snapshot,
+                readonly: false, requestID: request.requestID, principal: principal)
         }
     }
 
@@ -275,42 +256,6 @@ public final class Gateway: Sendable {
         return try WorkerAnswer(try await workers.invoke(definition, request: message))
     }
 
-    /// What to write for an answer, or nil when nothing changed (no write, no new version).
-    private static func commitRequest(
-        _ answer: WorkerAnswer, key: EntityKey, snapshot: EntitySnapshot, manifest: FunctionManifest,
-        principal: Principal?
-    ) throws(GatewayError) -> CommitRequest? {
-        var change: CommitRequest.Change
-        switch answer.change {
-        case .unchanged: change = .unchanged
-        case .delete: change = .delete
-        case .replace(let state) where state == snapshot.state && snapshot.version > 0: change = .unchanged
-        case .replace(let state):
-            let encoded = state.encodedString()
-            guard encoded.utf8.count <= manifest.maxStateBytes else {
-                throw GatewayError(
-                    413,
-                    "the new state is \(encoded.utf8.count) bytes, over max_state_bytes (\(manifest.maxStateBytes))")
-            }
-            if let number = EntityStore.numberBeyondJSONB(state) {
-                throw GatewayError(
-                    502, "the function returned a state the database cannot keep exactly; nothing was committed",
-                    logDetail: "state holds \(number): jsonb would store it as an integer beyond 64 bits")
-            }
-            change = .replace(encoded)
-        }
-        let request = CommitRequest(
-            key: key, seenVersion: snapshot.version, change: change,
-            events: answer.events.map { $0.encodedString() },
-            effects: answer.effects.map {
-                .init(
-                    function: $0.function, entity: $0.entity, command: $0.command, payload: $0.payload.encodedString(),
-                    delayMs: $0.delayMs)
-            },
-            principal: principal?.json.encodedString() ?? "null")
-        return request.isEmpty ? nil : request
-    }
-
     // MARK: Request details
 
     /// The JSON body; empty means `null`. A declared media type other than JSON is 415.
@@ -335,6 +280,16 @@ public final class Gateway: Sendable {
             throw GatewayError(400, "If-Match must be a quoted version, like \"3\"")
         }
         return version
+    }
+
+    /// Whether an `If-None-Match` list (`"3"`, `W/"3"`, `"1", "3"` or `*`) names `version`.
+    private static func matches(_ header: String, version: Int64) -> Bool {
+        header.split(separator: ",").contains { item in
+            var tag = Substring(item.trimmingSpaces)
+            if tag == "*" { return true }
+            if tag.hasPrefix("W/") { tag = tag.dropFirst(2) }
+            return tag == "\"\(version)\""
+        }
     }
 
     private static func etag(_ version: Int64) -> (name: String, value: String) {

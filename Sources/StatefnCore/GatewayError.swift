@@ -14,6 +14,8 @@ struct GatewayError: Error {
     var headers: [(name: String, value: String)] = []
     /// For a function's own business error: its code, passed to the client as the problem `type`.
     var code: String?
+    /// A refusal the function itself returned (`{"error": …}`): an answer, stored under an Idempotency-Key.
+    var isBusinessError = false
 
     init(_ status: Int, _ detail: String, logDetail: String? = nil, headers: [(name: String, value: String)] = []) {
         self.status = status

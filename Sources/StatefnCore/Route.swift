@@ -101,12 +101,21 @@ extension Route {
         guard name != "events" else { throw RouteError(404, "'events' is a reserved command name") }
     }
 
-    /// 1–256 bytes of UTF-8 with no `/` and no control characters.
+    /// 1–256 bytes of UTF-8 with no `/`, no control characters and no format characters (general category Cf:
+    /// bidi overrides, zero-width spaces), which would make logs and listings show one id as another.
     public static func validateEntity(_ id: String) throws(RouteError) {
         let count = id.utf8.count
         guard (1...256).contains(count) else { throw RouteError(400, "invalid entity id: it must be 1 to 256 bytes") }
-        for scalar in id.unicodeScalars where scalar == "/" || scalar.properties.generalCategory == .control {
-            throw RouteError(400, "invalid entity id: no '/' and no control characters")
+        for scalar in id.unicodeScalars {
+            switch scalar.properties.generalCategory {
+            case .control:
+                throw RouteError(400, "invalid entity id: no control characters")
+            case .format:
+                throw RouteError(
+                    400, "invalid entity id: no Unicode format characters (U+\(String(scalar.value, radix: 16, uppercase: true)))")
+            default:
+                if scalar == "/" { throw RouteError(400, "invalid entity id: no '/'") }
+            }
         }
     }
 

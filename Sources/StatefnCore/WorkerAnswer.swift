@@ -73,6 +73,7 @@ struct WorkerAnswer {
         }
         let message = error["message"]?.stringValue ?? HTTPResponse.reasonPhrase(Int(status))
         var gatewayError = GatewayError(Int(status), message)
+        gatewayError.isBusinessError = true
         if let code = error["code"]?.stringValue, !code.isEmpty { gatewayError.code = code }
         return gatewayError
     }

@@ -30,6 +30,9 @@ public final class HTTPServer: Sendable {
     public func quiesce() { core.quiesce() }
 
     /// Quiesces, waits up to `gracePeriod` for requests in flight to be answered, then stops the daemon. Handlers
-    /// still running then have their clients answered 503.
-    public func stop(gracePeriod: Duration) async { await core.stop(gracePeriod: gracePeriod) }
+    /// still running then have their clients answered 503; `beforeCutoff` runs just before, so that the caller can
+    /// make sure none of those handlers will still do what a 503 says was not done.
+    public func stop(gracePeriod: Duration, beforeCutoff: @Sendable () async -> Void = {}) async {
+        await core.stop(gracePeriod: gracePeriod, beforeCutoff: beforeCutoff)
+    }
 }

@@ -99,12 +99,17 @@ final class ServerCore: Sendable {
         quiescing.store(true, ordering: .relaxed)
     }
 
-    func stop(gracePeriod: Duration) async {
+    func stop(gracePeriod: Duration, beforeCutoff: @Sendable () async -> Void) async {
         quiesce()
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: gracePeriod)
         while activeRequests.load(ordering: .relaxed) > 0, clock.now < deadline {
             try? await Task.sleep(for: .milliseconds(5))
+        }
+        if activeRequests.load(ordering: .relaxed) > 0 {
+            await beforeCutoff()
+            // The handlers that `beforeCutoff` waited for hand their responses over within microseconds.
+            try? await Task.sleep(for: .milliseconds(20))
         }
         // MHD_stop_daemon joins the daemon's threads, so it runs off Swift's cooperative pool.
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

@@ -49,8 +49,28 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Seconds to finish requests in flight on shutdown (env STATEFN_GRACE_PERIOD).", valueName: "seconds"))
     var gracePeriod: Int = Environment.value("STATEFN_GRACE_PERIOD").flatMap { Int($0) } ?? 10
 
-    @Option(help: ArgumentHelp("Runs of a command after a lost version race before 409 (env STATEFN_CONFLICT_ATTEMPTS).", valueName: "n"))
-    var conflictAttempts: Int = Environment.value("STATEFN_CONFLICT_ATTEMPTS").flatMap { Int($0) } ?? 3
+    @Option(
+        help: ArgumentHelp(
+            "How long a command may keep losing version races (reloading and running again, with jittered backoff)"
+                + " before 409, like 2s or 500ms (env STATEFN_CONFLICT_BUDGET).", valueName: "duration"))
+    var conflictBudget: String = Environment.value("STATEFN_CONFLICT_BUDGET") ?? "2s"
+
+    @Option(
+        help: ArgumentHelp(
+            "Memory for cached entity states; 0 turns the cache off (env STATEFN_CACHE_BYTES).", valueName: "bytes"))
+    var cacheBytes: String = Environment.value("STATEFN_CACHE_BYTES") ?? String(64 << 20)
+
+    @Option(
+        help: ArgumentHelp(
+            "How long an Idempotency-Key's answer is kept for replay, like 24h (env STATEFN_IDEMPOTENCY_TTL).",
+            valueName: "duration"))
+    var idempotencyTtl: String = Environment.value("STATEFN_IDEMPOTENCY_TTL") ?? "24h"
+
+    @Option(
+        help: ArgumentHelp(
+            "How long a repeat waits for the first request under its Idempotency-Key, still running here, before 409"
+                + " with Retry-After (env STATEFN_IDEMPOTENCY_WAIT).", valueName: "duration"))
+    var idempotencyWait: String = Environment.value("STATEFN_IDEMPOTENCY_WAIT") ?? "10s"
 
     @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (env STATEFN_LOG_LEVEL).", valueName: "level"))
     var logLevel: String = Environment.value("STATEFN_LOG_LEVEL") ?? "info"
@@ -62,7 +82,7 @@ struct Serve: AsyncParsableCommand {
         guard (1...256).contains(httpThreads) else { throw ValidationError("--http-threads must be 1 to 256") }
         guard (1...1000).contains(database.dbPoolSize) else { throw ValidationError("--db-pool-size must be 1 to 1000") }
         guard gracePeriod >= 0 else { throw ValidationError("--grace-period must not be negative") }
-        guard (1...100).contains(conflictAttempts) else { throw ValidationError("--conflict-attempts must be 1 to 100") }
+        _ = try commitConfiguration()
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
     }
 
@@ -105,7 +125,7 @@ struct Serve: AsyncParsableCommand {
 
         let workers = WorkerPool(logger: logger)
         var gatewayConfiguration = GatewayConfiguration()
-        gatewayConfiguration.conflictAttempts = conflictAttempts
+        gatewayConfiguration.commits = try commitConfiguration()
         let gateway = Gateway(
             configuration: gatewayConfiguration, catalog: catalog, workers: workers, pool: pool,
             authenticator: authenticator, logger: logger)
@@ -129,13 +149,37 @@ struct Serve: AsyncParsableCommand {
         }
         logger.info("statefn listening", metadata: ["url": "http://\(address.urlHost):\(server.port)"])
 
+        let ttl = gatewayConfiguration.commits.idempotencyTTL
+        let sweeper = Task { await gateway.sweepIdempotencyRecords(every: min(ttl / 2, .seconds(60))) }
+
         let signal = await signals.wait()
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace_period_s": "\(gracePeriod)"])
         gateway.beginDraining()
         server.quiesce()
-        await server.stop(gracePeriod: .seconds(gracePeriod))
+        // Past the grace, requests still running are answered 503: first make sure none of them commits after.
+        await server.stop(gracePeriod: .seconds(gracePeriod)) { await gateway.closeCommits() }
+        sweeper.cancel()
         await workers.shutdown()
         logger.info("stopped")
+    }
+
+    /// The conflict budget, the cache and idempotency, from their flags; a malformed value is refused by name.
+    private func commitConfiguration() throws -> CommitterConfiguration {
+        var commits = CommitterConfiguration()
+        commits.conflictBudget = try DurationText.parse(conflictBudget, flag: "--conflict-budget")
+        guard commits.conflictBudget <= .seconds(600) else {
+            throw ValidationError("--conflict-budget must be at most 10m, got \(conflictBudget)")
+        }
+        guard let bytes = Int(cacheBytes), bytes >= 0 else {
+            throw ValidationError("--cache-bytes must be a whole number of bytes, got \(cacheBytes)")
+        }
+        commits.cacheBytes = bytes
+        commits.idempotencyTTL = try DurationText.parse(idempotencyTtl, flag: "--idempotency-ttl")
+        guard commits.idempotencyTTL >= .seconds(1) else {
+            throw ValidationError("--idempotency-ttl must be at least 1s, got \(idempotencyTtl)")
+        }
+        commits.idempotencyWait = try DurationText.parse(idempotencyWait, flag: "--idempotency-wait")
+        return commits
     }
 }
 

@@ -53,9 +53,11 @@ struct EntityStoreTests {
             "SELECT seq, event::text FROM entity_events WHERE function = 'counter' AND entity_id = 'a' ORDER BY seq")
         #expect(events.rows.map { $0[0] } == ["1", "2"])
 
-        #expect(try await commit(2, .delete) == .committed(version: 0))
-        #expect(try await store.load(key) == .absent)
-        #expect(try await commit(0, .replace("[]")) == .committed(version: 1), "a deleted entity starts again")
+        #expect(try await commit(2, .delete) == .committed(version: 3), "a delete leaves a tombstone at a new version")
+        #expect(try await store.load(key) == EntitySnapshot(state: .null, version: 3))
+        #expect(try await commit(0, .replace("[]")) == .conflict, "versions are never reused after a delete")
+        #expect(try await commit(2, .replace("[]")) == .conflict, "a copy from before the delete cannot write")
+        #expect(try await commit(3, .replace("[]")) == .committed(version: 4), "a deleted entity starts again")
     }
 
     @Test func effectsGoToTheOutboxWithTheState() async throws {

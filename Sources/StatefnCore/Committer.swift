@@ -1,0 +1,284 @@
+// The one place that turns a command into a durable answer (DESIGN.md section 4): the entity's mailbox, the state
+// cache policy, idempotency records, the compare-and-set, and the conflict loop with its time budget. `Gateway`
+// routes and authorizes; it hands the Committer a command and a way to run the worker on a snapshot.
+//
+// The rules kept here:
+// - Nothing is acknowledged on the strength of the cache. A command that ran on a cached snapshot either commits with
+//   a compare-and-set, or, when it changes nothing, checks the version in the database before it answers.
+// - A lost compare-and-set reloads and runs again, with jittered backoff, until the budget is spent; only then 409.
+// - An answer under an Idempotency-Key is stored in its commit's own transaction; a repeat replays it.
+// - After `closeCommits` (shutdown past its grace) nothing new commits, so a client answered 503 then never finds
+//   its command committed.
+import Logging
+import StatefnHTTP
+import StatefnJSON
+import StatefnWorkers
+import Synchronization
+
+public struct CommitterConfiguration: Sendable {
+    /// How long a command may keep losing compare-and-sets before it is answered 409.
+    public var conflictBudget: Duration = .seconds(2)
+    /// Entities whose last snapshot is kept in memory, and the bytes they may take.
+    public var cacheEntries = 100_000
+    public var cacheBytes = 64 << 20
+    /// How long idempotency records are kept.
+    public var idempotencyTTL: Duration = .seconds(24 * 3600)
+    /// How long a repeat waits for the first call under its key, still running in this gateway, before a 409.
+    public var idempotencyWait: Duration = .seconds(10)
+    public init() {}
+}
+
+/// A command for the Committer: which entity, under which conditions, and on whose behalf.
+struct CommandInput: Sendable {
+    var key: EntityKey
+    var manifest: FunctionManifest
+    /// `If-Match`: the version the entity must be at, checked against the database.
+    var expectedVersion: Int64?
+    var claim: IdempotencyClaim?
+    /// The principal as JSON text, recorded with each event.
+    var principal: String
+    var requestID: String
+}
+
+final class Committer: Sendable {
+    typealias Worker = @Sendable (EntitySnapshot) async throws -> WorkerAnswer
+
+    private let configuration: CommitterConfiguration
+    private let store: EntityStore
+    private let cache: StateCache
+    private let mailboxes = EntityMailboxes()
+    private let inFlight = IdempotencyInFlight()
+    private let gate = Mutex(CommitGate())
+    private let logger: Logger
+    let counters = CommitCounters()
+
+    init(configuration: CommitterConfiguration, store: EntityStore, logger: Logger) {
+        self.configuration = configuration
+        self.store = store
+        self.cache = StateCache(capacity: configuration.cacheEntries, byteBudget: configuration.cacheBytes)
+        self.logger = logger
+    }
+
+    var cacheUsage: (entries: Int, bytes: Int) { cache.usage }
+
+    /// Runs `input`'s command through `worker` and commits what it returns; the response is the client's answer.
+    func execute(_ input: CommandInput, worker: Worker) async throws -> HTTPResponse {
+        guard let claim = input.claim else {
+            return try await mailboxes.run(input.key) { try await commitLoop(input, worker) }
+        }
+        return try await inFlight.run(claim, wait: configuration.idempotencyWait) {
+            try await mailboxes.run(input.key) { try await commitLoop(input, worker) }
+        }
+    }
+
+    /// From now on nothing commits (a command that gets here is answered 503, and nothing of it is written); waits
+    /// for the commits already under way to finish, so that their clients get their real answers.
+    func closeCommits() async {
+        gate.withLock { $0.closed = true }
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(30))
+        while gate.withLock({ $0.active }) > 0, clock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+    }
+
+    private func commitLoop(_ input: CommandInput, _ worker: Worker) async throws -> HTTPResponse {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: configuration.conflictBudget)
+        var attempt = 0
+        while true {
+            attempt += 1
+            if let claim = input.claim, let stored = try await store.record(for: claim) {
+                guard stored.fingerprint == claim.fingerprint else {
+                    throw GatewayError(
+                        422, "this Idempotency-Key was used for a different request; use a new key for a new request")
+                }
+                counters.replays.add(1, ordering: .relaxed)
+                return stored.response()
+            }
+            // If-Match is checked against the database, and every run after the first reads afresh.
+            let cached = attempt == 1 && input.expectedVersion == nil ? cache.get(input.key) : nil
+            let snapshot: EntitySnapshot
+            var snapshotBytes = 0
+            if let cached {
+                snapshot = cached
+            } else {
+                (snapshot, snapshotBytes) = try await store.loadMeasured(input.key)
+            }
+            if let expected = input.expectedVersion, expected != snapshot.version {
+                throw GatewayError(412, "the entity is at version \(snapshot.version), not \(expected)")
+            }
+
+            let decided = try await decide(input, snapshot: snapshot, worker: worker)
+            var request = decided.commit
+            if let claim = input.claim {
+                let record = CommitRequest.IdempotencyRecord(
+                    claim: claim, answer: decided.stored(claim.fingerprint),
+                    ttlMs: Int64(configuration.idempotencyTTL.components.seconds) * 1000)
+                if request == nil { request = .versionCheck(input.key, at: snapshot.version, principal: input.principal) }
+                request!.record = record
+            }
+            guard let request = request ?? (cached != nil ? .versionCheck(input.key, at: snapshot.version) : nil) else {
+                // Ran on state just read from the database, and changed nothing: the read is the answer's moment.
+                cache.put(input.key, snapshot, encodedBytes: snapshotBytes)
+                return try decided.response()
+            }
+
+            switch try await commitThroughGate(request) {
+            case .committed(let version):
+                switch decided.newState {
+                case .replace(let state, let bytes)?:
+                    cache.put(input.key, EntitySnapshot(state: state, version: version), encodedBytes: bytes)
+                case .delete?: cache.put(input.key, EntitySnapshot(state: .null, version: version), encodedBytes: 4)
+                case nil where cached == nil:
+                    cache.put(input.key, snapshot, encodedBytes: snapshotBytes)
+                case nil: break
+                }
+                return try decided.response()
+            case .conflict:
+                cache.remove(input.key)
+                counters.conflicts.add(1, ordering: .relaxed)
+                logger.debug(
+                    "version conflict", metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])
+                let now = clock.now
+                guard now < deadline else {
+                    throw GatewayError(
+                        409,
+                        "the entity kept changing; gave up after \(attempt) runs in \(configuration.conflictBudget)",
+                        headers: [(name: "Retry-After", value: "1")])
+                }
+                // Full jitter over an exponential ceiling (2 ms doubling to 64 ms), cut to what the budget leaves.
+                let ceiling = Double(2 << min(attempt, 5)) / 1000
+                let pause = min(Duration.seconds(Double.random(in: 0...ceiling)), deadline - now)
+                try await Task.sleep(for: pause)
+            }
+        }
+    }
+
+    private func commitThroughGate(_ request: CommitRequest) async throws -> CommitOutcome {
+        let open = gate.withLock { gate -> Bool in
+            guard !gate.closed else { return false }
+            gate.active += 1
+            return true
+        }
+        guard open else {
+            throw GatewayError(
+                503, "the gateway is shutting down; nothing was committed", headers: [(name: "Retry-After", value: "1")])
+        }
+        defer { gate.withLock { $0.active -= 1 } }
+        do {
+            return try await store.commit(request)
+        } catch let error as CommitUncertain {
+            counters.uncertain.add(1, ordering: .relaxed)
+            throw GatewayError(
+                503,
+                "the commit's outcome is unknown: the database connection was lost as it committed, and the command"
+                    + " may or may not have taken effect; retry with an Idempotency-Key to be safe",
+                logDetail: error.detail, headers: [(name: "Retry-After", value: "1")])
+        }
+    }
+
+    /// What one run of the worker decided: what to commit, and what to answer.
+    private struct Decision {
+        enum NewState {
+            case replace(JSONValue, bytes: Int)
+            case delete
+        }
+        var commit: CommitRequest?
+        var newState: NewState?
+        var status: Int
+        var body: [UInt8]
+        var etag: String?
+        var refusal: GatewayError?
+
+        func stored(_ fingerprint: String) -> StoredAnswer {
+            StoredAnswer(
+                fingerprint: fingerprint, status: status, body: String(decoding: body, as: UTF8.self), etag: etag)
+        }
+
+        func response() throws -> HTTPResponse {
+            if let refusal { throw refusal }
+            return HTTPResponse(
+                status: status,
+                headers: [(name: "Content-Type", value: "application/json"), (name: "ETag", value: etag ?? "")],
+                body: body)
+        }
+    }
+
+    private func decide(_ input: CommandInput, snapshot: EntitySnapshot, worker: Worker) async throws -> Decision {
+        let answer: WorkerAnswer
+        do {
+            answer = try await worker(snapshot)
+        } catch let error as GatewayError where error.isBusinessError {
+            // The function refused: nothing to commit, but the refusal is an answer like any other (and is stored
+            // under an Idempotency-Key).
+            let problem = error.response(requestID: input.requestID)
+            return Decision(commit: nil, status: problem.status, body: problem.body, etag: nil, refusal: error)
+        }
+        let (commit, newState) = try Self.commitRequest(answer, input: input, snapshot: snapshot)
+        let version = commit?.versionAfter ?? snapshot.version
+        return Decision(
+            commit: commit, newState: newState, status: 200, body: answer.reply.encoded(), etag: "\"\(version)\"")
+    }
+
+    /// What to write for an answer, or nil when nothing changed (no write, no new version).
+    private static func commitRequest(_ answer: WorkerAnswer, input: CommandInput, snapshot: EntitySnapshot)
+        throws(GatewayError) -> (CommitRequest?, Decision.NewState?)
+    {
+        let manifest = input.manifest
+        var change: CommitRequest.Change
+        var newState: Decision.NewState?
+        switch answer.change {
+        case .unchanged: change = .unchanged
+        case .delete where !snapshot.exists: change = .unchanged
+        case .delete:
+            change = .delete
+            newState = .delete
+        case .replace(let state) where state == snapshot.state && snapshot.version > 0: change = .unchanged
+        case .replace(let state):
+            let encoded = state.encodedString()
+            guard encoded.utf8.count <= manifest.maxStateBytes else {
+                throw GatewayError(
+                    413,
+                    "the new state is \(encoded.utf8.count) bytes, over max_state_bytes (\(manifest.maxStateBytes))")
+            }
+            if let number = EntityStore.numberBeyondJSONB(state) {
+                throw GatewayError(
+                    502, "the function returned a state the database cannot keep exactly; nothing was committed",
+                    logDetail: "state holds \(number): jsonb would store it as an integer beyond 64 bits")
+            }
+            change = .replace(encoded)
+            newState = .replace(state, bytes: encoded.utf8.count)
+        }
+        let request = CommitRequest(
+            key: input.key, seenVersion: snapshot.version, change: change,
+            events: answer.events.map { $0.encodedString() },
+            effects: answer.effects.map {
+                .init(
+                    function: $0.function, entity: $0.entity, command: $0.command, payload: $0.payload.encodedString(),
+                    delayMs: $0.delayMs)
+            },
+            principal: input.principal)
+        return request.isVersionCheck ? (nil, nil) : (request, newState)
+    }
+}
+
+/// Whether commits may start, and how many are under way.
+private struct CommitGate {
+    var closed = false
+    var active = 0
+}
+
+/// Counts for logs, tests and metrics.
+final class CommitCounters: Sendable {
+    let conflicts = Atomic<Int>(0)
+    let replays = Atomic<Int>(0)
+    let uncertain = Atomic<Int>(0)
+}
+
+extension CommitRequest {
+    /// A request that only checks that `key` is still at `version`.
+    static func versionCheck(_ key: EntityKey, at version: Int64, principal: String = "null") -> CommitRequest {
+        CommitRequest(key: key, seenVersion: version, change: .unchanged, events: [], effects: [], principal: principal)
+    }
+}
