@@ -27,6 +27,22 @@ struct ScopeTests {
         #expect(Scope(text) == nil)
     }
 
+    @Test("names compare by bytes: {sub}, exact ids and prefixes never match a canonically equivalent spelling")
+    func bytesNotCanonicalEquivalence() {
+        let kelvin = "\u{212A}ate"  // KELVIN SIGN, canonically equivalent to "Kate"
+        #expect(kelvin == "Kate", "the trap this test is about: Swift's == says these are equal")
+        let sub = Scope("invoke:cart/{sub}")!
+        #expect(sub.covers(action: .invoke, function: "cart", entity: kelvin, subject: kelvin))
+        #expect(!sub.covers(action: .invoke, function: "cart", entity: "Kate", subject: kelvin))
+        #expect(!sub.covers(action: .invoke, function: "cart", entity: kelvin, subject: "Kate"))
+        let exact = Scope("invoke:cart/caf\u{E9}")!
+        #expect(exact.covers(action: .invoke, function: "cart", entity: "caf\u{E9}", subject: ""))
+        #expect(!exact.covers(action: .invoke, function: "cart", entity: "cafe\u{301}", subject: ""))
+        let prefix = Scope("read:cart/caf\u{E9}-*")!
+        #expect(prefix.covers(action: .read, function: "cart", entity: "caf\u{E9}-1", subject: ""))
+        #expect(!prefix.covers(action: .read, function: "cart", entity: "cafe\u{301}-1", subject: ""))
+    }
+
     @Test("{sub}: alice reaches cart/alice but not cart/bob")
     func subject() {
         let alice = Principal(subject: "alice", scopes: ["invoke:cart/{sub}"])
