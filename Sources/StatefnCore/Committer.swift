@@ -142,6 +142,14 @@ final class Committer: Sendable {
                     "version conflict", metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])
                 let now = clock.now
                 guard now < deadline else {
+                    // A commit read back after a lost COMMIT, or a twin through another replica, may have stored
+                    // this key's answer just now: that answer, not a 409, is the truth.
+                    if let claim = input.claim, let stored = try await store.record(for: claim),
+                        stored.fingerprint == claim.fingerprint
+                    {
+                        counters.replays.add(1, ordering: .relaxed)
+                        return stored.response()
+                    }
                     throw GatewayError(
                         409,
                         "the entity kept changing; gave up after \(attempt) runs in \(configuration.conflictBudget)",

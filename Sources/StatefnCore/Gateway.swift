@@ -128,7 +128,9 @@ public final class Gateway: Sendable {
             _ = try await lookup(function, stateless: false, request, &context, .read, entity: entity)
             _ = try await authorize(request, &context, .read, function: function, entity: entity, isPublic: false)
             let snapshot = try await store.load(EntityKey(function: function, entity: entity))
-            guard snapshot.exists else { throw GatewayError(404, "entity \(entity) has never been written") }
+            guard snapshot.exists else {
+                throw GatewayError(404, "entity \(entity) has no state: it was never written, or it was deleted")
+            }
             let etag = Self.etag(snapshot.version)
             if let tags = request.headers["if-none-match"], Self.matches(tags, version: snapshot.version) {
                 return HTTPResponse(status: 304, headers: [etag])

@@ -42,10 +42,12 @@ struct GatewayError: Error {
                 return GatewayError(
                     503, "the database is unavailable; try again", logDetail: error.logDescription,
                     headers: [(name: "Retry-After", value: "1")])
-            case .queryFailed where error.isUnknownCommitOutcome || error.isRetryableTransactionFailure:
+            case .queryFailed where error.isRetryableTransactionFailure:
+                // The Committer reads back every commit whose outcome is unknown (40003 included); one that keeps
+                // failing with 40001/40P01 was rolled back every time.
                 return GatewayError(
-                    503, "the commit could not be confirmed; try again", logDetail: error.logDescription,
-                    headers: [(name: "Retry-After", value: "1")])
+                    503, "the database kept aborting the transaction; nothing was committed; try again",
+                    logDetail: error.logDescription, headers: [(name: "Retry-After", value: "1")])
             case .queryFailed, .invalidConfiguration:
                 return GatewayError(500, "internal database error", logDetail: error.logDescription)
             }

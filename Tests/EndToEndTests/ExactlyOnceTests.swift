@@ -365,6 +365,24 @@ struct ExactlyOnceTests {
         #expect(gateway.stop() == 0)
     }
 
+    @Test("malformed budgets, cache sizes and TTLs are refused at start-up, by name", arguments: [
+        ("--conflict-budget", "soon"), ("--conflict-budget", "2"), ("--cache-bytes", "64MB"), ("--cache-bytes", "-1"),
+        ("--idempotency-ttl", "0s"), ("--idempotency-wait", "1.5s"),
+    ])
+    func badFlags(_ flag: String, _ value: String) async throws {
+        let database = try await TestDatabase.createDatabase()
+        do {
+            _ = try await onThread {
+                try GatewayProcess(
+                    arguments: ["--functions", Self.fixtures, "\(flag)=\(value)"], environment: ["DATABASE_URL": database])
+            }
+            Issue.record("statefn started with \(flag) \(value)")
+        } catch let error as TestHTTPError {
+            #expect(error.description.contains("exited at start-up"), "\(error)")
+            #expect(error.description.contains(flag) && error.description.contains(value), "\(error)")
+        }
+    }
+
     @Test("shutdown: a command still running when the grace runs out is answered 503 and never commits")
     func graceRunsOut() async throws {
         let database = try await TestDatabase.createDatabase()
