@@ -90,7 +90,7 @@ final class EntityStore: Sendable {
 
     /// The snapshot and the length of its state's text (what the cache charges for it).
     func loadMeasured(_ key: EntityKey) async throws -> (snapshot: EntitySnapshot, bytes: Int) {
-        let result = try await pool.execute(
+        let result = try await read(
             "SELECT state::text, version FROM entities WHERE function = $1 AND entity_id = $2",
             [key.function, key.entity])
         guard let row = result.rows.first, let stateText = row[0], let versionText = row[1],
@@ -103,7 +103,7 @@ final class EntityStore: Sendable {
 
     /// The stored answer under `claim`'s key, if there is one (expired or not: the sweeper removes expired ones).
     func record(for claim: IdempotencyClaim) async throws -> StoredAnswer? {
-        let result = try await pool.execute(
+        let result = try await read(
             """
             SELECT request_hash, status, response, etag FROM idempotency
             WHERE caller = $1 AND function = $2 AND entity_id = $3 AND key = $4
@@ -112,6 +112,16 @@ final class EntityStore: Sendable {
             let body = row[2]
         else { return nil }
         return StoredAnswer(fingerprint: hash, status: status, body: body, etag: row[3])
+    }
+
+    /// A read, tried once more on another connection when its connection turns out to be broken (the database
+    /// restarted since it was last used): reading twice is harmless, and it spares the client a 503.
+    private func read(_ sql: String, _ parameters: [String?]) async throws -> PostgresResult {
+        do {
+            return try await pool.execute(sql, parameters)
+        } catch let error as PostgresError where error.code == .connectionFailed {
+            return try await pool.execute(sql, parameters)
+        }
     }
 
     /// Deletes up to `limit` expired idempotency records; returns how many went.
@@ -166,6 +176,11 @@ final class EntityStore: Sendable {
                     "commit retried", metadata: ["sqlstate": "\(error.sqlState ?? "")", "attempt": "\(attempt)"])
                 let base = 2 << min(attempt, 8)  // ms: 4, 8, 16, ...
                 try await Task.sleep(for: .milliseconds(Int.random(in: base / 2...base)))
+                attempt += 1
+            } catch let error as PostgresError where error.code == .connectionFailed && attempt == 1 {
+                // Lost before the statement that decides the commit went out (that one throws OutcomeUnknown), so
+                // nothing was committed: once more, on a connection that works.
+                logger.debug("commit retried on a new connection", metadata: ["error": "\(error.logDescription)"])
                 attempt += 1
             } catch let error as OutcomeUnknown {
                 logger.warning(

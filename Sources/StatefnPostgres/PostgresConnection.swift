@@ -128,7 +128,10 @@ public final class PostgresConnection {
         let sqlState = result.flatMap { clibpq_result_sqlstate($0) }.map { String(cString: $0) }
         let message = result.flatMap { clibpq_result_primary_message($0) }.map { String(cString: $0) }
             ?? Self.message(of: connection)
-        let code: PostgresError.Code = PQstatus(connection) == CONNECTION_OK ? .queryFailed : .connectionFailed
+        // Every error the server sends carries a SQLSTATE; one without is libpq's own ("server closed the connection
+        // unexpectedly"), and means the connection is gone even when PQstatus has not caught up yet.
+        let code: PostgresError.Code =
+            PQstatus(connection) == CONNECTION_OK && sqlState != nil ? .queryFailed : .connectionFailed
         throw PostgresError(code: code, sqlState: sqlState, detail: message)
     }
 

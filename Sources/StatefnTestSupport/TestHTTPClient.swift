@@ -180,3 +180,46 @@ extension StringProtocol {
         String(drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
     }
 }
+
+extension TestHTTPClient {
+    /// One attempt and no more: unlike `request`, no second try on a fresh connection, so a caller that counts
+    /// its retries (the fault checker) sees every failure. Any failure closes the connection, so the next call
+    /// opens a new one. `timeout` (seconds) bounds each wait to send or receive on a connection this call opens.
+    public func requestOnce(
+        _ method: String, _ path: String, body: String? = nil, headers: [String: String] = [:], timeout: Double = 60
+    ) throws -> TestHTTPResponse {
+        do {
+            if fd < 0 {
+                try connect()
+                var limit = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - timeout.rounded(.down)) * 1e6))
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+            }
+            return try attempt(method, path, body.map { Array($0.utf8) }, headers)
+        } catch {
+            disconnect()
+            throw error
+        }
+    }
+
+    /// Sends a request and, `after` seconds, closes the connection without reading the answer: a reply lost on the
+    /// way back, as the fault checker uses it. The server may or may not carry the request out.
+    public func sendAndHangUp(
+        _ method: String, _ path: String, body: String? = nil, headers: [String: String] = [:], after: Double = 0
+    ) throws {
+        defer { disconnect() }
+        if fd < 0 { try connect() }
+        let bytes = body.map { Array($0.utf8) } ?? []
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\n"
+        var fields = headers
+        if body != nil {
+            fields["Content-Length"] = String(bytes.count)
+            if !fields.keys.contains(where: { $0.lowercased() == "content-type" }) {
+                fields["Content-Type"] = "application/json"
+            }
+        }
+        for (name, value) in fields { head += "\(name): \(value)\r\n" }
+        try send(Array((head + "\r\n").utf8) + bytes)
+        if after > 0 { usleep(useconds_t(after * 1e6)) }
+    }
+}
