@@ -38,6 +38,15 @@ struct CommandInput: Sendable {
     /// The principal as JSON text, recorded with each event.
     var principal: String
     var requestID: String
+    /// Held from the command's first commit until its response is handed to the server (see `closeCommits`).
+    var lease: CommitLease
+}
+
+/// A request's hold on the commit gate. Taken when its first commit starts, given back by `Gateway.handle` once the
+/// response is ready to hand to the server: only then can shutdown tell that client's answer apart from a 503.
+final class CommitLease: Sendable {
+    fileprivate let held = Atomic<Bool>(false)
+    init() {}
 }
 
 final class Committer: Sendable {
@@ -72,14 +81,26 @@ final class Committer: Sendable {
     }
 
     /// From now on nothing commits (a command that gets here is answered 503, and nothing of it is written); waits
-    /// for the commits already under way to finish, so that their clients get their real answers.
+    /// for the requests whose commits are under way until their responses are ready, so that their clients get
+    /// their real answers. There is no time limit: giving up would answer 503 to a command that then commits, and
+    /// a commit ends on its own (pool waits, retries and read-backs are all bounded).
     func closeCommits() async {
         gate.withLock { $0.closed = true }
         let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: .seconds(30))
-        while gate.withLock({ $0.active }) > 0, clock.now < deadline {
+        var nextLog = clock.now.advanced(by: .seconds(5))
+        while case let active = gate.withLock({ $0.active }), active > 0 {
+            if clock.now >= nextLog {
+                logger.warning("shutdown waits for commits under way", metadata: ["commits": "\(active)"])
+                nextLog = clock.now.advanced(by: .seconds(5))
+            }
             try? await Task.sleep(for: .milliseconds(2))
         }
+    }
+
+    /// Gives back `lease`'s hold on the commit gate, if it took one. Called once the response is ready.
+    func release(_ lease: CommitLease) {
+        guard lease.held.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        gate.withLock { $0.active -= 1 }
     }
 
     private func commitLoop(_ input: CommandInput, _ worker: Worker) async throws -> HTTPResponse {
@@ -124,7 +145,7 @@ final class Committer: Sendable {
                 return try decided.response()
             }
 
-            switch try await commitThroughGate(request) {
+            switch try await commitThroughGate(request, lease: input.lease) {
             case .committed(let version):
                 switch decided.newState {
                 case .replace(let state, let bytes)?:
@@ -163,17 +184,20 @@ final class Committer: Sendable {
         }
     }
 
-    private func commitThroughGate(_ request: CommitRequest) async throws -> CommitOutcome {
-        let open = gate.withLock { gate -> Bool in
-            guard !gate.closed else { return false }
-            gate.active += 1
-            return true
+    private func commitThroughGate(_ request: CommitRequest, lease: CommitLease) async throws -> CommitOutcome {
+        if !lease.held.load(ordering: .acquiring) {
+            let open = gate.withLock { gate -> Bool in
+                guard !gate.closed else { return false }
+                gate.active += 1
+                return true
+            }
+            guard open else {
+                throw GatewayError(
+                    503, "the gateway is shutting down; nothing was committed",
+                    headers: [(name: "Retry-After", value: "1")])
+            }
+            lease.held.store(true, ordering: .releasing)
         }
-        guard open else {
-            throw GatewayError(
-                503, "the gateway is shutting down; nothing was committed", headers: [(name: "Retry-After", value: "1")])
-        }
-        defer { gate.withLock { $0.active -= 1 } }
         do {
             return try await store.commit(request)
         } catch let error as CommitUncertain {

@@ -168,7 +168,13 @@ final class EntityStore: Sendable {
         while true {
             do {
                 return try await pool.withConnection { connection in
-                    try Self.commit(request, on: connection)
+                    let backend = connection.backendPID
+                    do {
+                        return try Self.commit(request, on: connection)
+                    } catch var error as OutcomeUnknown {
+                        error.backend = backend
+                        throw error
+                    }
                 }
             } catch let error as PostgresError where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts {
                 onRetry(error.sqlState ?? "")
@@ -186,17 +192,24 @@ final class EntityStore: Sendable {
                 logger.warning(
                     "commit outcome unknown; reading back",
                     metadata: ["function": "\(request.key.function)", "error": "\(error.cause.logDescription)"])
-                return try await resolve(request, cause: error.cause)
+                return try await resolve(request, cause: error.cause, backend: error.backend)
             }
         }
     }
 
-    /// Learns whether a commit whose answer was lost took effect. The entity row is locked first, so a commit the
-    /// server is still finishing is waited for rather than missed. With an idempotency record the answer is always
-    /// "read again": the record is there (this commit, or a twin under the same key, landed: replay it) or it is not
-    /// (nothing landed: run again). Without one, an unmoved version proves nothing landed; a moved one proves
-    /// nothing either way.
-    private func resolve(_ request: CommitRequest, cause: PostgresError) async throws -> CommitOutcome {
+    /// Learns whether a commit whose answer was lost took effect.
+    ///
+    /// First the session that sent it must be gone: a connection can break (a proxy, a network partition) while its
+    /// server session lives on, with the transaction still open or its last statement not yet run, and a read-back
+    /// would then see "not landed" just before it lands. So the session is ended (`pg_terminate_backend`) and waited
+    /// for. Then the entity row is locked, so a commit the server is still finishing is waited for, and read.
+    ///
+    /// With an idempotency record the answer is always "read again": the record is there (this commit, or a twin
+    /// under the same key, landed: replay it) or it is not (nothing landed: run again; a twin still in flight holds
+    /// the key's row, so the next attempt waits for it). Without one, an unmoved version proves nothing landed, but
+    /// only once the old session is known to be gone; a moved version proves nothing either way.
+    private func resolve(_ request: CommitRequest, cause: PostgresError, backend: Int32?) async throws -> CommitOutcome {
+        let sessionGone = await endSession(backend)
         var lastError: any Error = cause
         for attempt in 1...5 {
             do {
@@ -212,6 +225,9 @@ final class EntityStore: Sendable {
                 if case .unchanged = request.change {
                     throw CommitUncertain(detail: "events or effects may or may not have been committed")
                 }
+                guard sessionGone else {
+                    throw CommitUncertain(detail: "the session that sent the commit could not be seen to end")
+                }
                 if version == request.seenVersion { return .conflict }
                 throw CommitUncertain(
                     detail: "the entity moved from version \(request.seenVersion) to \(version), by this commit or another")
@@ -223,8 +239,27 @@ final class EntityStore: Sendable {
         throw CommitUncertain(detail: "the database could not be read back: \(lastError)")
     }
 
+    /// Ends the server session `backend` and waits (up to about 5 s) until it is gone; true once it is. False when
+    /// that cannot be known: no pid, or a database without pg_terminate_backend and pg_stat_activity.
+    private func endSession(_ backend: Int32?) async -> Bool {
+        guard let backend else { return false }
+        for _ in 0..<50 {
+            do {
+                let rows = try await pool.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int", [String(backend)]
+                ).rows
+                if rows.isEmpty { return true }
+            } catch {
+                if (error as? PostgresError)?.code == .queryFailed { return false }
+            }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return false
+    }
+
     private struct OutcomeUnknown: Error {
         var cause: PostgresError
+        var backend: Int32?
     }
 
     private static func commit(_ request: CommitRequest, on db: PostgresConnection) throws -> CommitOutcome {

@@ -76,6 +76,9 @@ public final class Gateway: Sendable {
             context.logDetail = failure.logDetail
             response = failure.response(requestID: request.requestID)
         }
+        // From here to the server's hand-off there is no suspension point, so a shutdown that waits for leases
+        // never answers 503 in place of this response.
+        committer.release(context.lease)
         let elapsed = ContinuousClock.now - started
         // Logged once the response is on its way, so that writing the line does not delay it.
         response.afterSending = { [self, context, status = response.status] in
@@ -106,7 +109,8 @@ public final class Gateway: Sendable {
                     definition, entity: entity, command: command, request: request, principal: principal)
             }
             return try await runCommand(
-                definition, entity: entity, command: command, request: request, principal: principal)
+                definition, entity: entity, command: command, request: request, principal: principal,
+                lease: context.lease)
         case .action(let function, let command):
             context.function = function
             context.command = command
@@ -193,7 +197,7 @@ public final class Gateway: Sendable {
 
     private func runCommand(
         _ definition: FunctionDefinition, entity: String, command: String, request: HTTPRequest,
-        principal: Principal?
+        principal: Principal?, lease: CommitLease
     ) async throws -> HTTPResponse {
         let payload = try Self.parseBody(request)
         let ifMatch = request.headers["if-match"]
@@ -205,7 +209,7 @@ public final class Gateway: Sendable {
         }
         let input = CommandInput(
             key: key, manifest: definition.manifest, expectedVersion: try Self.ifMatch(request), claim: claim,
-            principal: principal?.json.encodedString() ?? "null", requestID: request.requestID)
+            principal: principal?.json.encodedString() ?? "null", requestID: request.requestID, lease: lease)
         return try await committer.execute(input) { snapshot in
             try await self.invoke(
                 definition, entity: entity, command: command, payload: payload, snapshot: snapshot,
@@ -372,6 +376,7 @@ public final class Gateway: Sendable {
 }
 
 struct RequestContext {
+    let lease = CommitLease()
     var function: String?
     var entity: String?
     var command: String?

@@ -103,7 +103,8 @@ final class IdempotencyInFlight: Sendable {
     private struct State {
         var running: [[UInt8]: [Waiter]] = [:]
         var nextID: UInt64 = 0
-        /// Timers that fired before their waiter was queued.
+        /// Waiters between their start and their end, and those whose timer fired before they were queued.
+        var pending: Set<UInt64> = []
         var expiredEarly: Set<UInt64> = []
     }
     private let state = Mutex(State())
@@ -141,6 +142,7 @@ final class IdempotencyInFlight: Sendable {
     private func waitForFinish(_ key: [UInt8], until deadline: ContinuousClock.Instant) async -> Bool {
         let id = state.withLock { state -> UInt64 in
             state.nextID += 1
+            state.pending.insert(state.nextID)
             return state.nextID
         }
         let timer = Task {
@@ -149,7 +151,10 @@ final class IdempotencyInFlight: Sendable {
         }
         defer {
             timer.cancel()
-            _ = state.withLock { $0.expiredEarly.remove(id) }
+            state.withLock { state in
+                state.pending.remove(id)
+                state.expiredEarly.remove(id)
+            }
         }
         return await withCheckedContinuation { continuation in
             let queued = state.withLock { state -> Bool? in
@@ -169,7 +174,7 @@ final class IdempotencyInFlight: Sendable {
     private func expire(_ key: [UInt8], _ id: UInt64) {
         let expired = state.withLock { state -> Waiter? in
             guard let index = state.running[key]?.firstIndex(where: { $0.id == id }) else {
-                state.expiredEarly.insert(id)
+                if state.pending.contains(id) { state.expiredEarly.insert(id) }
                 return nil
             }
             return state.running[key]!.remove(at: index)

@@ -108,7 +108,8 @@ final class ServerCore: Sendable {
         }
         if activeRequests.load(ordering: .relaxed) > 0 {
             await beforeCutoff()
-            // The handlers that `beforeCutoff` waited for hand their responses over within microseconds.
+            // The handlers that `beforeCutoff` waited for hand their responses over within microseconds, with no
+            // suspension point in between; this is margin, not the guarantee.
             try? await Task.sleep(for: .milliseconds(20))
         }
         // MHD_stop_daemon joins the daemon's threads, so it runs off Swift's cooperative pool.

@@ -2,6 +2,9 @@
 // Objects keep their keys in the order they were written, so a function's output comes back as it wrote it.
 
 /// A JSON document. Integers are kept apart from doubles so that 64-bit values survive unchanged (I-JSON, RFC 7493).
+///
+/// Equal means the same UTF-8 bytes in every string and key, as PostgreSQL and jansson see them, not Swift's
+/// canonical equivalence: a state whose "Kate" became "\u{212A}ate" (KELVIN SIGN) has changed (DESIGN.md section 9).
 public enum JSONValue: Sendable, Hashable {
     case null
     case bool(Bool)
@@ -10,6 +13,33 @@ public enum JSONValue: Sendable, Hashable {
     case string(String)
     case array([JSONValue])
     case object(JSONObject)
+
+    public static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+        switch (lhs, rhs) {
+        case (.null, .null): true
+        case (.bool(let a), .bool(let b)): a == b
+        case (.integer(let a), .integer(let b)): a == b
+        case (.double(let a), .double(let b)): a == b
+        case (.string(let a), .string(let b)): a.utf8.elementsEqual(b.utf8)
+        case (.array(let a), .array(let b)): a == b
+        case (.object(let a), .object(let b)): a == b
+        default: false
+        }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        switch self {
+        case .null: hasher.combine(0 as UInt8)
+        case .bool(let value): hasher.combine(value)
+        case .integer(let value): hasher.combine(value)
+        case .double(let value): hasher.combine(value)
+        case .string(let value):
+            for byte in value.utf8 { hasher.combine(byte) }
+            hasher.combine(0xFF as UInt8)  // not a UTF-8 byte: ends the string
+        case .array(let items): hasher.combine(items)
+        case .object(let object): hasher.combine(object)
+        }
+    }
 }
 
 /// An ordered JSON object. Lookups are linear, which is faster than hashing for the small objects statefn handles.
@@ -30,9 +60,9 @@ public struct JSONObject: Sendable, Hashable, Sequence, ExpressibleByDictionaryL
 
     /// Reading finds the first pair with `key`; writing replaces it in place or appends, and `nil` removes it.
     public subscript(key: String) -> JSONValue? {
-        get { pairs.first(where: { $0.key == key })?.value }
+        get { pairs.first(where: { $0.key.utf8.elementsEqual(key.utf8) })?.value }
         set {
-            let index = pairs.firstIndex(where: { $0.key == key })
+            let index = pairs.firstIndex(where: { $0.key.utf8.elementsEqual(key.utf8) })
             switch (index, newValue) {
             case let (i?, v?): pairs[i].value = v
             case let (i?, nil): pairs.remove(at: i)
@@ -43,12 +73,14 @@ public struct JSONObject: Sendable, Hashable, Sequence, ExpressibleByDictionaryL
     }
 
     public static func == (lhs: JSONObject, rhs: JSONObject) -> Bool {
-        lhs.pairs.count == rhs.pairs.count && zip(lhs.pairs, rhs.pairs).allSatisfy { $0.key == $1.key && $0.value == $1.value }
+        lhs.pairs.count == rhs.pairs.count
+            && zip(lhs.pairs, rhs.pairs).allSatisfy { $0.key.utf8.elementsEqual($1.key.utf8) && $0.value == $1.value }
     }
     public func hash(into hasher: inout Hasher) {
         hasher.combine(pairs.count)
         for pair in pairs {
-            hasher.combine(pair.key)
+            for byte in pair.key.utf8 { hasher.combine(byte) }
+            hasher.combine(0xFF as UInt8)  // not a UTF-8 byte: ends the key
             hasher.combine(pair.value)
         }
     }

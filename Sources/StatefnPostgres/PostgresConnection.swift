@@ -62,6 +62,14 @@ public final class PostgresConnection {
     /// False once the server session is gone; the pool then replaces this connection.
     var isUsable: Bool { handle.map { PQstatus($0) == CONNECTION_OK } ?? false }
 
+    /// The server process serving this connection (PQbackendPID), while connected: what `pg_terminate_backend`
+    /// takes to end a session whose connection was lost but whose transaction may live on.
+    public var backendPID: Int32? {
+        guard let handle else { return nil }
+        let pid = PQbackendPID(handle)
+        return pid > 0 ? pid : nil
+    }
+
     /// Leaves the connection idle for its next borrower by rolling back a transaction left open. Returns false
     /// when the connection cannot be reused. PQtransactionStatus.
     func resetForReuse() -> Bool {

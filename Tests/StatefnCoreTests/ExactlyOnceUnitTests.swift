@@ -20,6 +20,19 @@ struct ExactlyOnceUnitTests {
         #expect(EntityKey(function: "ab", entity: "c") != EntityKey(function: "a", entity: "bc"))
     }
 
+    @Test("JSON values are equal by bytes: a state whose strings or keys changed spelling has changed")
+    func jsonEqualityByBytes() {
+        #expect(JSONValue.string("caf\u{E9}") != .string("cafe\u{301}"))
+        #expect(JSONValue.string("Kate") != .string("\u{212A}ate"))
+        #expect(JSONValue.string("Kate") == .string("Kate"))
+        let composed: JSONValue = ["caf\u{E9}": 1]
+        let decomposed: JSONValue = ["cafe\u{301}": 1]
+        #expect(composed != decomposed)
+        #expect(composed["cafe\u{301}"] == nil, "a lookup by a canonically equivalent key finds nothing")
+        #expect(Set([composed, decomposed, composed]).count == 2)
+        #expect(JSONValue.array(["ab", "c"]) != .array(["a", "bc"]))
+    }
+
     @Test("Idempotency-Key: a structured string or a bare token, 1 to 255 bytes")
     func keyGrammar() throws {
         #expect(try IdempotencyClaim.parse(header: nil) == nil)

@@ -1,8 +1,5 @@
--- Idempotency records as DESIGN.md section 4 describes them: scoped to the caller's subject as well as the entity,
--- with the answer's ETag, and swept by expiry. 0001's table was never written to, so it is replaced whole.
--- Only SQL that PostgreSQL 15 and CockroachDB both accept.
-
-DROP TABLE IF EXISTS idempotency;
+-- The idempotency records' table (see 0002, which dropped 0001's): one row per (caller, function, entity, key),
+-- written in the same transaction as the commit it answers for. Only SQL that PostgreSQL 15 and CockroachDB accept.
 
 CREATE TABLE idempotency (
     caller       text        NOT NULL,
