@@ -76,7 +76,7 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
             ]),
         .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres", "StatefnTestSupport"]),
-        .testTarget(name: "StatefnHTTPTests", dependencies: ["StatefnHTTP", "StatefnJSON"]),
+        .testTarget(name: "StatefnHTTPTests", dependencies: ["StatefnHTTP", "StatefnJSON", "StatefnTestSupport"]),
         .testTarget(
             name: "StatefnWorkersTests", dependencies: ["StatefnWorkers", "StatefnJSON"],
             exclude: ["Fixtures"]),

@@ -5,12 +5,27 @@ import CLinux
 import Foundation
 
 public final class GatewayProcess: @unchecked Sendable {
-    // `lock` guards `exitStatus`; `pid` and `port` are set once in init.
+    /// How the gateway authenticates its callers.
+    public enum Authentication: Sendable {
+        /// On, with a development key (`--dev-key`, scope `admin:*`) that `client()` sends: the default, so that
+        /// tests run the gateway as it is deployed.
+        case devKey
+        /// On, with no key made for the test: the test makes its own (`statefn keys create`).
+        case keysOnly
+        /// `--insecure-no-auth`: only for the tests that are about it.
+        case off
+    }
+
+    // `lock` guards `exitStatus`; `pid`, `port` and `devKey` are set once in init.
     private let lock = NSLock()
     private var exitStatus: Int32?
     private let logBuffer = LogBuffer()
     public let pid: pid_t
     public private(set) var port = 0
+    /// The development key, with `.devKey`.
+    public private(set) var devKey: String?
+    /// A data directory made for this process (removed with it), when the test gave none.
+    private var ownDataDirectory: String?
 
     /// The repository root, found from this file's path.
     public static let repositoryRoot: String = {
@@ -19,21 +34,37 @@ public final class GatewayProcess: @unchecked Sendable {
         return url.path
     }()
 
-    /// The binary `swift build` made for this configuration.
+    /// The binary of the configuration under test: the `statefn` that SwiftPM built beside this test bundle
+    /// (`.build/<triple>/debug` or `release`), or `STATEFN_TEST_BINARY`.
     public static var binaryPath: String {
         if let path = ProcessInfo.processInfo.environment["STATEFN_TEST_BINARY"] { return path }
-        return repositoryRoot + "/.build/debug/statefn"
+        let bundle = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: bundle).deletingLastPathComponent().appendingPathComponent("statefn").path
     }
 
     /// Starts `statefn serve` on a free port and waits until it listens. The environment holds only PATH, HOME and
-    /// `environment`, so nothing from the test process leaks in. Authentication is off (`--insecure-no-auth`)
-    /// unless `authenticated` is true, so tests about other things need no credentials.
+    /// `environment`, so nothing from the test process leaks in. Authentication is on: by default with a
+    /// development key that `client()` sends (see `Authentication`).
     public init(
-        arguments: [String] = [], environment: [String: String] = [:], authenticated: Bool = false,
+        arguments: [String] = [], environment: [String: String] = [:], authentication: Authentication = .devKey,
         startTimeout: Double = 120
     ) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binaryPath) else {
             throw TestHTTPError(description: "\(Self.binaryPath) is missing: run `swift build` first")
+        }
+        var arguments = arguments
+        var dataDirectory = arguments.firstIndex(of: "--data-dir").flatMap {
+            arguments.index(after: $0) < arguments.endIndex ? arguments[arguments.index(after: $0)] : nil
+        }
+        if authentication == .devKey {
+            if dataDirectory == nil {
+                let made = TestDatabase.makeTemporaryDirectory()
+                ownDataDirectory = made
+                dataDirectory = made
+                arguments += ["--data-dir", made]
+            }
+            arguments.append("--dev-key")
         }
         var fds: [Int32] = [-1, -1]
         guard clinux_pipe2(&fds, O_CLOEXEC) == 0 else { throw TestHTTPError(description: "pipe2: errno \(errno)") }
@@ -48,7 +79,7 @@ public final class GatewayProcess: @unchecked Sendable {
 
         var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": NSTemporaryDirectory()]
         env.merge(environment) { $1 }
-        let serve = [Self.binaryPath, "serve", "--listen", "127.0.0.1:0"] + (authenticated ? [] : ["--insecure-no-auth"])
+        let serve = [Self.binaryPath, "serve", "--listen", "127.0.0.1:0"] + (authentication == .off ? ["--insecure-no-auth"] : [])
         let argv = (serve + arguments).map { strdup($0) } + [nil]
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }
@@ -70,9 +101,19 @@ public final class GatewayProcess: @unchecked Sendable {
                 let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression)
             {
                 port = Int(line[range].split(separator: ":").last!)!
+                if authentication == .devKey, let dataDirectory {
+                    let file = (dataDirectory.hasPrefix("/") ? "" : Self.repositoryRoot + "/") + dataDirectory + "/dev-key"
+                    guard let key = try? String(contentsOfFile: file, encoding: .utf8) else {
+                        stop(signal: SIGKILL)
+                        throw TestHTTPError(description: "statefn --dev-key left no key in \(file)")
+                    }
+                    devKey = key.trimmingCharacters(in: .whitespacesAndNewlines)
+                }
                 return
             }
             guard isRunning else {
+                // Its last lines may still be in the pipe: read to the end before saying what it said.
+                logBuffer.waitForEnd(seconds: 5)
                 throw TestHTTPError(description: "statefn exited at start-up:\n\(logs.joined(separator: "\n"))")
             }
             Thread.sleep(forTimeInterval: 0.05)
@@ -83,11 +124,16 @@ public final class GatewayProcess: @unchecked Sendable {
 
     deinit {
         if isRunning { stop(signal: SIGKILL) }
+        if let ownDataDirectory { try? FileManager.default.removeItem(atPath: ownDataDirectory) }
     }
 
     public var logs: [String] { logBuffer.lines }
 
-    public func client() -> TestHTTPClient { TestHTTPClient(port: port) }
+    /// `Authorization: Bearer <dev key>` with `.devKey`; empty otherwise.
+    public var authorization: [String: String] { devKey.map { ["Authorization": "Bearer " + $0] } ?? [:] }
+
+    /// A client on a connection of its own, which sends the development key (if any) with every request.
+    public func client() -> TestHTTPClient { TestHTTPClient(port: port, defaultHeaders: authorization) }
 
     /// Whether the process is still running; reaps it once it has exited.
     public var isRunning: Bool {
@@ -127,12 +173,25 @@ private final class LogBuffer: @unchecked Sendable {
     private let lock = NSLock()
     private var complete: [String] = []
     private var partial: [UInt8] = []
+    private let ended = DispatchSemaphore(value: 0)
 
     var lines: [String] { lock.withLock { complete } }
 
+    /// Waits until the writer's end of the pipe is closed (the process and its children are gone).
+    func waitForEnd(seconds: Double) {
+        if ended.wait(timeout: .now() + seconds) == .success { ended.signal() }
+    }
+
     /// Reads until end of file, on the calling (dedicated) thread.
     func collect(from fd: Int32) {
-        defer { close(fd) }
+        defer {
+            close(fd)
+            lock.withLock {
+                if !partial.isEmpty { complete.append(String(decoding: partial, as: UTF8.self)) }
+                partial = []
+            }
+            ended.signal()
+        }
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = read(fd, &chunk, chunk.count)

@@ -8,13 +8,21 @@ import StatefnTestSupport
 import Synchronization
 import Testing
 
-@Suite("authentication, end to end")
+@Suite("authentication, end to end", .timeLimit(.minutes(5)))
 struct AuthTests {
     static let fixtures = GatewayProcess.repositoryRoot + "/Tests/EndToEndTests/Fixtures/functions"
     static let functions = GatewayProcess.repositoryRoot + "/functions"
 
     /// Runs the binary (`statefn keys …`) to completion; returns its exit status and stdout.
     static func statefn(_ arguments: [String], database: String) throws -> (status: Int32, output: String) {
+        let (status, output, _) = try statefnWithErrors(arguments, database: database)
+        return (status, output)
+    }
+
+    /// The same, with stderr too.
+    static func statefnWithErrors(_ arguments: [String], database: String) throws
+        -> (status: Int32, output: String, errors: String)
+    {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: GatewayProcess.binaryPath)
         process.arguments = arguments
@@ -23,12 +31,25 @@ struct AuthTests {
         ]
         process.currentDirectoryURL = URL(fileURLWithPath: GatewayProcess.repositoryRoot)
         let stdout = Pipe()
+        let stderr = Pipe()
         process.standardOutput = stdout
-        process.standardError = FileHandle.nullDevice
+        process.standardError = stderr
         try process.run()
+        // stderr is read on another thread, so that neither pipe can fill up while the other is drained.
+        let errors = Mutex(Data())
+        let readerDone = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            let data = stderr.fileHandleForReading.readDataToEndOfFile()
+            errors.withLock { $0 = data }
+            readerDone.signal()
+        }
         let data = stdout.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        readerDone.wait()
+        return (
+            process.terminationStatus, String(decoding: data, as: UTF8.self),
+            String(decoding: errors.withLock { $0 }, as: UTF8.self)
+        )
     }
 
     static func createKey(_ database: String, name: String, scopes: [String]) throws -> String {
@@ -38,12 +59,19 @@ struct AuthTests {
         return output.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// The gateway's child processes (its workers), from /proc.
+    /// The gateway's child processes (its workers): every process in /proc whose parent is `pid`. Read from each
+    /// /proc/<pid>/stat rather than /proc/<pid>/task/*/children, which kernels without CONFIG_PROC_CHILDREN lack
+    /// (an empty answer there would pass any test).
     static func children(of pid: Int32) -> [String] {
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
-        return tasks.flatMap { task in
-            ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? "")
-                .split(separator: " ").map(String.init)
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        #expect(entries.contains("self"), "no /proc to read processes from")
+        return entries.filter { $0.allSatisfy(\.isNumber) }.filter { entry in
+            guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return false }
+            // After "pid (comm)": state, then the parent's pid.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == pid
         }
     }
 
@@ -54,7 +82,7 @@ struct AuthTests {
         let database = try await TestDatabase.createDatabase()
         let gateway = try await onThread {
             try GatewayProcess(
-                arguments: ["--functions", Self.fixtures], environment: ["DATABASE_URL": database], authenticated: true)
+                arguments: ["--functions", Self.fixtures], environment: ["DATABASE_URL": database], authentication: .keysOnly)
         }
         let alice = try await onThread { try Self.createKey(database, name: "alice", scopes: ["invoke:whoami/{sub}"]) }
         let admin = try await onThread { try Self.createKey(database, name: "ops", scopes: ["admin:*"]) }
@@ -110,6 +138,7 @@ struct AuthTests {
             // Allowed calls: the worker and the event log see who called.
             let mine = try client.request("POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice))
             #expect(mine.status == 200)
+            #expect(!Self.children(of: gateway.pid).isEmpty, "the process check cannot see the worker it started")
             #expect(
                 try JSONValue.parse(mine.text, limits: .client)["principal"]
                     == ["sub": "alice", "scopes": ["invoke:whoami/{sub}"]])
@@ -165,7 +194,7 @@ struct AuthTests {
                 arguments: [
                     "--functions", Self.fixtures, "--jwks-file", jwksPath, "--jwt-audience", "statefn",
                     "--jwt-issuer", "https://id.example",
-                ], environment: ["DATABASE_URL": database], authenticated: true)
+                ], environment: ["DATABASE_URL": database], authentication: .keysOnly)
         }
         let now = Date().timeIntervalSince1970
         var keycloak = TestClaims.valid(sub: "alice", scope: "openid profile")
@@ -217,7 +246,7 @@ struct AuthTests {
         let gateway = try await onThread {
             try GatewayProcess(
                 arguments: ["--functions", Self.fixtures, "--rate-limit", "1/min", "--rate-burst", "2"],
-                environment: ["DATABASE_URL": database], authenticated: true)
+                environment: ["DATABASE_URL": database], authentication: .keysOnly)
         }
         let first = try await onThread { try Self.createKey(database, name: "one", scopes: ["invoke:whoami"]) }
         let second = try await onThread { try Self.createKey(database, name: "two", scopes: ["invoke:whoami"]) }
@@ -236,12 +265,19 @@ struct AuthTests {
 
     @Test("--insecure-no-auth is refused off loopback; --dev-key creates a working admin key once")
     func startUp() async throws {
-        let (status, _) = try await onThread {
-            try Self.statefn(["serve", "--insecure-no-auth", "--listen", "0.0.0.0:0"], database: "host=/nonexistent")
-        }
-        #expect(status != 0)
-
+        // With a database that works, so that the address is the only thing wrong.
         let database = try await TestDatabase.createDatabase()
+        for address in ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"] {
+            let (status, _, errors) = try await onThread {
+                try Self.statefnWithErrors(
+                    ["serve", "--insecure-no-auth", "--listen", address, "--functions", Self.functions],
+                    database: database)
+            }
+            #expect(status != 0)
+            #expect(
+                errors.contains("--insecure-no-auth only works on a loopback address"), "\(address): \(errors)")
+        }
+
         let dataDir = NSTemporaryDirectory() + "statefn-devkey-" + UUID().uuidString.prefix(8)
         defer { try? FileManager.default.removeItem(atPath: dataDir) }
         var keys: [String] = []
@@ -249,7 +285,7 @@ struct AuthTests {
             let gateway = try await onThread {
                 try GatewayProcess(
                     arguments: ["--functions", Self.functions, "--data-dir", dataDir, "--dev-key"],
-                    environment: ["DATABASE_URL": database], authenticated: true)
+                    environment: ["DATABASE_URL": database], authentication: .keysOnly)
             }
             let key = try String(contentsOfFile: dataDir + "/dev-key", encoding: .utf8)
                 .trimmingCharacters(in: .whitespacesAndNewlines)

@@ -3,7 +3,7 @@ import StatefnJSON
 import StatefnTestSupport
 import Testing
 
-@Suite("cart, end to end")
+@Suite("cart, end to end", .timeLimit(.minutes(5)))
 struct CartTests {
     @Test("numbers keep their exact text through worker, database and back")
     func exactNumbers() async throws {

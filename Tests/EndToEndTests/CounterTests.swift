@@ -4,7 +4,7 @@ import StatefnJSON
 import StatefnTestSupport
 import Testing
 
-@Suite("counter, end to end")
+@Suite("counter, end to end", .timeLimit(.minutes(5)))
 struct CounterTests {
     let functions = GatewayProcess.repositoryRoot + "/functions"
 
@@ -22,11 +22,19 @@ struct CounterTests {
             #expect(response.headers["x-request-id"]?.isEmpty == false)
             response = try client.request("POST", "/v1/counter/alice/increment", body: #"{"by":2}"#)
             #expect(response.text == #"{"value":4}"#)
+            // The embedded cluster is a real postmaster, and it really stops with the gateway.
+            let pidFile = dataDir + "/pg/postmaster.pid"
+            let first = try #require(Self.postmaster(pidFile), "no postmaster.pid under \(dataDir)/pg")
+            #expect(Self.isAlive(first))
             #expect(gateway!.stop() == 0)
             gateway = nil
+            #expect(!FileManager.default.fileExists(atPath: pidFile), "the cluster did not shut down cleanly")
+            #expect(!Self.isAlive(first), "postmaster \(first) outlived the gateway")
 
             gateway = try GatewayProcess(arguments: ["--functions", functions, "--data-dir", dataDir])
             client = gateway!.client()
+            let second = try #require(Self.postmaster(pidFile))
+            #expect(second != first && Self.isAlive(second), "the cluster did not start again")
             response = try client.request("GET", "/v1/counter/alice/get")
             #expect(response.status == 200)
             #expect(response.text == #"{"value":4}"#)
@@ -35,6 +43,20 @@ struct CounterTests {
             #expect(try JSONValue.parse(response.text, limits: .client) == ["state": ["value": 4], "version": 2])
             #expect(gateway!.stop() == 0)
         }
+    }
+
+    /// Whether `pid` is a live process: it exists and is not a zombie waiting for a parent (the postmaster is no
+    /// child of ours, and a container's pid 1 may be slow to reap it).
+    static func isAlive(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
+    }
+
+    /// The postmaster's pid, from the first line of its pid file.
+    static func postmaster(_ pidFile: String) -> pid_t? {
+        (try? String(contentsOfFile: pidFile, encoding: .utf8))?.split(separator: "\n").first.flatMap { pid_t($0) }
     }
 
     @Test("8 clients × 250 increments on one entity count to 2000")

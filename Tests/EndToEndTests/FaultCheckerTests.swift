@@ -165,6 +165,9 @@ extension FaultCheckerTests {
 
         private let lock = NSLock()
         private var replicas: [GatewayProcess] = []
+        /// The first replica's development key (`admin:*`), which every client sends: the replicas share the
+        /// database, and so the key. Set once, before the clients start.
+        private(set) var authorization: [String: String] = [:]
         private var clientsDone = false
         private var abortReason: String?
         private var crashTimes: [Int: [Date]] = [:]
@@ -193,6 +196,7 @@ extension FaultCheckerTests {
             do {
                 let first = try await onThread { try world.startReplica() }
                 world.lock.withLock { world.replicas = [first] }
+                world.authorization = first.authorization
                 if kind.injects40001 { try await world.installTrigger() }
                 let others = try await onThreads(replicaCount - 1) { _ in try world.startReplica() }
                 world.lock.withLock { world.replicas += others }
@@ -422,7 +426,7 @@ extension FaultCheckerTests {
                 let hangUp = faults && !crash && kind.losesReplies && Double.random(in: 0..<1) < Self.lostReplyRate
                 var headers = ["X-Request-Id": (crash ? "crash-" : "req-") + UUID().uuidString]
                 if !Self.withoutKeys { headers["Idempotency-Key"] = operation.key }
-                let client = connections[port] ?? TestHTTPClient(port: port)
+                let client = connections[port] ?? TestHTTPClient(port: port, defaultHeaders: authorization)
                 connections[port] = nil
                 if crash { log.crashesAsked += 1 }
                 if hangUp {
@@ -477,7 +481,7 @@ extension FaultCheckerTests {
         private func waitUntilReady() -> Bool {
             let deadline = Date().addingTimeInterval(30)
             for port in lock.withLock({ replicas.map(\.port) }) {
-                while (try? TestHTTPClient(port: port).requestOnce("GET", "/readyz", timeout: 5))?.status != 200 {
+                while (try? TestHTTPClient(port: port, defaultHeaders: authorization).requestOnce("GET", "/readyz", timeout: 5))?.status != 200 {
                     guard Date() < deadline else { return false }
                     Thread.sleep(forTimeInterval: 0.1)
                 }
@@ -551,7 +555,7 @@ extension FaultCheckerTests {
             }
             var disagreements = 0
             for port in lock.withLock({ replicas.map(\.port) }) {
-                let client = TestHTTPClient(port: port)
+                let client = TestHTTPClient(port: port, defaultHeaders: authorization)
                 for entity in counters + sets {
                     if parse(try? client.request("GET", "/v1/tally/\(entity)"))?["state"] != states[entity] {
                         disagreements += 1

@@ -52,56 +52,90 @@ func waitFor(seconds: Double = 20, _ condition: () throws -> Bool) rethrows -> B
     return try condition()
 }
 
-@Suite("function pool, end to end")
+@Suite("function pool, end to end", .timeLimit(.minutes(5)))
 struct PoolTests {
-    @Test("replacing, adding and removing functions under load: no request fails, new code answers")
+    @Test("replacing, adding and removing functions under load: the load runs throughout, and every status is counted")
     func hotReloadUnderLoad() async throws {
         let database = try await TestDatabase.createDatabase()
         let functions = FunctionsDirectory()
         functions.install("hot", FunctionsDirectory.action(version: 1))
         functions.install("hot.json", #"{"stateless": true}"#, mode: 0o644)
+        functions.install("steady", FunctionsDirectory.action(version: 1))
+        functions.install("steady.json", #"{"stateless": true}"#, mode: 0o644)
         let gateway = try await onThread {
             try GatewayProcess(arguments: ["--functions", functions.path], environment: ["DATABASE_URL": database])
         }
+        /// What the load may call, and whether `hot` has been removed (then a 404 from it is right).
+        struct Targets {
+            var names = ["hot", "steady"]
+            var hotRemoved = false
+        }
+        let targets = Mutex(Targets())
         let loadDone = Atomic<Bool>(false)
-        let results = try await onThreads(7) { index -> [Int: Int] in
-            let client = gateway.client()
+        // Counts by "function status"; a transport failure (reset, refused, closed) is status 0.
+        let results = try await onThreads(7) { index throws -> [String: Int] in
+            var client = gateway.client()
             if index > 0 {
-                // Load: count the statuses, and remember the newest version that answered.
-                var statuses: [Int: Int] = [:]
+                var statuses: [String: Int] = [:]
+                var turn = index
                 while !loadDone.load(ordering: .acquiring) {
-                    let response = try client.request("POST", "/v1/hot/ping", body: "{}")
-                    statuses[response.status, default: 0] += 1
+                    let (name, removed) = targets.withLock { ($0.names[turn % $0.names.count], $0.hotRemoved) }
+                    turn += 1
+                    // Each request takes a while, so some are always in flight while old workers drain.
+                    var status = 0
+                    do {
+                        status = try client.request("POST", "/v1/\(name)/ping", body: #"{"sleep_ms": 30}"#).status
+                    } catch {
+                        client = gateway.client()
+                    }
+                    let label = name == "hot" && removed && status == 404 ? "hot 404 after removal" : "\(name) \(status)"
+                    statuses[label, default: 0] += 1
                 }
                 return statuses
             }
             defer { loadDone.store(true, ordering: .releasing) }
-            func version() throws -> Int64? {
-                let response = try client.request("POST", "/v1/hot/ping", body: "{}")
+            func version(_ name: String) throws -> Int64? {
+                let response = try client.request("POST", "/v1/\(name)/ping", body: "{}")
                 return try JSONValue.parse(response.text, limits: .client)["version"]?.integerValue
             }
-            #expect(try version() == 1)
-            Thread.sleep(forTimeInterval: 0.5)
-            for next in 2...3 {
+            #expect(try version("hot") == 1)
+            Thread.sleep(forTimeInterval: 0.3)
+            for next in 2...3 {  // the change
                 functions.install("hot", FunctionsDirectory.action(version: next))
-                #expect(try waitFor { try version() == Int64(next) }, "version \(next) never answered")
-                Thread.sleep(forTimeInterval: 0.5)
+                #expect(try waitFor { try version("hot") == Int64(next) }, "version \(next) never answered")
+                Thread.sleep(forTimeInterval: 0.3)
             }
+            // The add: the load starts calling the new function as soon as it answers.
+            functions.install("added", FunctionsDirectory.action(version: 5))
+            functions.install("added.json", #"{"stateless": true}"#, mode: 0o644)
+            #expect(try waitFor { try version("added") == 5 }, "the added function never answered")
+            targets.withLock { $0.names.append("added") }
+            Thread.sleep(forTimeInterval: 0.3)
+            // The remove: from here on, hot may answer 404 (and nothing else but 200).
+            targets.withLock { $0.hotRemoved = true }
+            functions.remove("hot")
+            functions.remove("hot.json")
+            #expect(try waitFor { try client.request("POST", "/v1/hot/ping", body: "{}").status == 404 })
+            Thread.sleep(forTimeInterval: 0.3)
             return [:]
         }
-        let statuses = results.dropFirst().reduce(into: [Int: Int]()) { total, counts in
+        let statuses = results.dropFirst().reduce(into: [String: Int]()) { total, counts in
             total.merge(counts, uniquingKeysWith: +)
         }
-        #expect(statuses.keys.sorted() == [200], "statuses under reload: \(statuses)")
-        #expect((statuses[200] ?? 0) > 0)
+        let expected: Set<String> = ["hot 200", "steady 200", "added 200", "hot 404 after removal"]
+        #expect(Set(statuses.keys).isSubset(of: expected), "statuses under reload: \(statuses)")
+        for label in expected { #expect((statuses[label] ?? 0) > 0, "no \(label) in \(statuses)") }
+        #expect(gateway.logs.contains { $0.contains("function changed; old workers drain") })
+        #expect(gateway.logs.contains { $0.contains("function added") && $0.contains("added") })
+        #expect(gateway.logs.contains { $0.contains("function removed") && $0.contains("hot") })
 
         try await onThread {
             let client = gateway.client()
             functions.install("fresh", FunctionsDirectory.action(version: 7))
             functions.install("fresh.json", #"{"stateless": true, "min_workers": 1}"#, mode: 0o644)
             #expect(try waitFor { try client.request("POST", "/v1/fresh/ping", body: "{}").status == 200 })
-            functions.remove("hot")
-            #expect(try waitFor { try client.request("POST", "/v1/hot/ping", body: "{}").status == 404 })
+            for name in ["steady", "steady.json", "added", "added.json"] { functions.remove(name) }
+            #expect(try waitFor { try client.request("POST", "/v1/added/ping", body: "{}").status == 404 })
             functions.install("broken", FunctionsDirectory.action(version: 1))
             functions.install("broken.json", #"{"max_wrokers": 2}"#, mode: 0o644)
             functions.install("noexec", FunctionsDirectory.action(version: 1), mode: 0o644)
@@ -141,7 +175,6 @@ struct PoolTests {
             #expect(try client.request("POST", "/v1/fresh/ping", body: "{}").status == 200)
             #expect(gateway.stop() == 0)
         }
-        #expect(gateway.logs.contains { $0.contains("function changed; old workers drain") })
     }
 
     @Test("a crash loop answers 503 with Retry-After until the executable changes")
@@ -205,20 +238,40 @@ struct PoolTests {
         #expect(!names.contains { $0.hasPrefix("STATEFN_") }, "\(names)")
         #expect(Set(names).isSubset(of: ["GREETING", "PATH", "LANG", "HOME", "LC_CTYPE", "PWD"]), "\(names)")
 
-        let results = try await onThreads(2) { index -> (Int, Int32, Int32) in
-            let client = gateway.client()
-            if index == 0 {
-                let response = try client.request("POST", "/v1/slow/ping", body: #"{"sleep_ms": 1500}"#)
-                let pid = try JSONValue.parse(response.text, limits: .client)["pid"]?.integerValue ?? 0
-                return (response.status, Int32(pid), 0)
-            }
-            Thread.sleep(forTimeInterval: 0.5)
-            return (0, 0, gateway.stop())
+        // Every worker the gateway has, from its own listing and from the process table.
+        let listing = try await onThread {
+            try JSONValue.parse(gateway.client().request("GET", "/v1/functions").text, limits: .client)
         }
-        #expect(results[0].0 == 200)
-        #expect(results[1].2 == 0)
-        let worker = results[0].1
-        #expect(worker > 1)
-        #expect(kill(worker, 0) != 0 && errno == ESRCH, "worker \(worker) outlived the gateway")
+        var workers = Set(
+            (listing["functions"]?.arrayValue ?? []).flatMap { $0["workers"]?.arrayValue ?? [] }
+                .compactMap { $0["pid"]?.integerValue.map { Int32($0) } })
+        #expect(workers.count >= 3, "slow's two and envdump's one: \(workers)")
+        #expect(Set(AuthTests.children(of: gateway.pid).compactMap { Int32($0) }).isSuperset(of: workers))
+
+        let results = try await onThreads(4) { index -> (status: Int, pid: Int32, exit: Int32, ready: Int) in
+            if index < 3 {
+                // Three requests in flight when SIGTERM comes: each must get its answer, none a reset.
+                let response = try gateway.client().request("POST", "/v1/slow/ping", body: #"{"sleep_ms": 1500}"#)
+                let pid = try JSONValue.parse(response.text, limits: .client)["pid"]?.integerValue ?? 0
+                return (response.status, Int32(pid), 0, 0)
+            }
+            // A connection opened before the stop, to ask for readiness while the gateway drains.
+            let watcher = gateway.client()
+            #expect(try watcher.request("GET", "/readyz").status == 200)
+            Thread.sleep(forTimeInterval: 0.5)
+            kill(gateway.pid, SIGTERM)
+            // Draining: readiness says 503 to a load balancer still asking on an open connection (new connections
+            // are refused by then: the listening socket is closed).
+            #expect(waitFor(seconds: 5) { gateway.logs.contains { $0.contains("\"shutting down\"") } })
+            let ready = (try? watcher.request("GET", "/readyz").status) ?? -1
+            return (0, 0, gateway.stop(), ready)
+        }
+        for result in results.prefix(3) { #expect(result.status == 200, "a request in flight at SIGTERM failed") }
+        #expect(results[3].exit == 0)
+        #expect(results[3].ready == 503, "readiness while draining: \(results[3].ready)")
+        workers.formUnion(results.prefix(3).map(\.pid))
+        for worker in workers {
+            #expect(kill(worker, 0) != 0 && errno == ESRCH, "worker \(worker) outlived the gateway")
+        }
     }
 }

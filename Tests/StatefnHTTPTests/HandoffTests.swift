@@ -2,6 +2,7 @@
 // suspend and resume when it does, and in the race between the two when it finishes on another thread at once.
 // Each way, the client gets the right body and `afterSending` runs exactly once.
 import Dispatch
+import StatefnTestSupport
 import Synchronization
 import Testing
 
@@ -41,32 +42,38 @@ func handoffHandler(_ log: SendLog) -> HTTPHandler {
     }
 }
 
-@Test(arguments: ["/now", "/hop", "/sleep"])
-func everyWayAnswersOnceAndRunsAfterSendingOnce(prefix: String) async throws {
-    let log = SendLog()
-    let count = prefix == "/sleep" ? 100 : 1000
-    try await withServer(handler: handoffHandler(log)) { server in
-        let port = server.port
-        let bodies = try await offPool {
-            let connection = try TestConnection(port: port)
-            return try (0..<count).map { index in
-                try connection.send(requestText("GET", "\(prefix)/\(index)", keepAlive: true))
-                return try connection.readResponse().text
+@Suite(.timeLimit(.minutes(2)))
+struct HandoffTests {
+    /// All of a run's requests go over one kept-alive connection, as a busy client's would.
+    @Test(arguments: ["/now", "/hop", "/sleep"])
+    func everyWayAnswersOnceAndRunsAfterSendingOnce(prefix: String) async throws {
+        let log = SendLog()
+        let count = prefix == "/sleep" ? 100 : 1000
+        try await withServer(handler: handoffHandler(log)) { server in
+            let port = server.port
+            let (bodies, connections) = try await onThread {
+                let client = newClient(port)
+                let bodies = try (0..<count).map { index in try client.request("GET", "\(prefix)/\(index)").text }
+                return (bodies, client.connectionsOpened)
             }
+            #expect(bodies == (0..<count).map { "\(prefix)/\($0)" })
+            #expect(connections == 1)
         }
-        #expect(bodies == (0..<count).map { "\(prefix)/\($0)" })
+        #expect(await settles { log.all.count == count })
+        #expect(log.all.values.allSatisfy { $0 == 1 })
     }
-    #expect(await settles { log.all.count == count })
-    #expect(log.all.values.allSatisfy { $0 == 1 })
-}
 
-@Test func handlersRunWithTheServersExecutorPreference() async throws {
-    let executor = CountingExecutor()
-    let log = SendLog()
-    let texts = try await withServer(executor: executor, handler: handoffHandler(log)) { server in
-        [try await fetch(port: server.port, "GET", "/sleep/1").text, try await fetch(port: server.port, "GET", "/hop/1").text]
+    @Test func handlersRunWithTheServersExecutorPreference() async throws {
+        let executor = CountingExecutor()
+        let log = SendLog()
+        let texts = try await withServer(executor: executor, handler: handoffHandler(log)) { server in
+            [
+                try await fetch(port: server.port, "GET", "/sleep/1").text,
+                try await fetch(port: server.port, "GET", "/hop/1").text,
+            ]
+        }
+        #expect(texts == ["/sleep/1", "/hop/1"])
+        // Each handler went on through the executor after its wait.
+        #expect(executor.jobs.load(ordering: .relaxed) >= 2)
     }
-    #expect(texts == ["/sleep/1", "/hop/1"])
-    // Each handler went on through the executor after its wait.
-    #expect(executor.jobs.load(ordering: .relaxed) >= 2)
 }
