@@ -71,6 +71,18 @@ struct ExactlyOnceTests {
         return -1
     }
 
+    /// Waits (up to 10 s) until a worker of `function` is busy on `gateway`: a request is in the worker.
+    static func waitUntilBusy(_ gateway: GatewayProcess, _ function: String) async throws {
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            let listing = try json(try await get(gateway, "/v1/functions"))
+            let entry = listing["functions"]?.arrayValue?.first { $0["name"]?.stringValue == function }
+            if (entry?["busy"]?.integerValue ?? 0) > 0 { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("no worker of \(function) became busy")
+    }
+
     @Test("a replica's stale cache never answers: an equal new state still commits, a no-op reads the database")
     func staleCacheNeverAnswers() async throws {
         let database = try await TestDatabase.createDatabase()
@@ -291,7 +303,7 @@ struct ExactlyOnceTests {
         let gateway = try await Self.replicas(1, database: database, arguments: ["--idempotency-wait", "5s"])[0]
         let key = ["Idempotency-Key": "slow-1"]
         async let first = Self.post(gateway, "/v1/register/s/slow", #"{"seconds":1.5}"#, headers: key)
-        try await Task.sleep(for: .milliseconds(300))
+        try await Self.waitUntilBusy(gateway, "register")
         let repeated = try await Self.post(gateway, "/v1/register/s/slow", #"{"seconds":1.5}"#, headers: key)
         let original = try await first
         #expect(original.status == 200 && original.text == #"{"n":1}"#)
@@ -300,7 +312,7 @@ struct ExactlyOnceTests {
 
         let impatient = try await Self.replicas(1, database: database, arguments: ["--idempotency-wait", "200ms"])[0]
         async let second = Self.post(impatient, "/v1/register/s/slow", #"{"seconds":2}"#, headers: ["Idempotency-Key": "slow-2"])
-        try await Task.sleep(for: .milliseconds(500))
+        try await Self.waitUntilBusy(impatient, "register")
         let refused = try await Self.post(
             impatient, "/v1/register/s/slow", #"{"seconds":2}"#, headers: ["Idempotency-Key": "slow-2"])
         #expect(refused.status == 409 && refused.headers["retry-after"] != nil)
@@ -409,12 +421,12 @@ struct ExactlyOnceTests {
         let database = try await TestDatabase.createDatabase()
         let gateway = try await Self.replicas(1, database: database, arguments: ["--grace-period", "1"])[0]
         async let slow = Self.post(gateway, "/v1/register/g/slow", #"{"seconds":2.5}"#)
-        try await Task.sleep(for: .milliseconds(400))
+        try await Self.waitUntilBusy(gateway, "register")
         let stopped = try await onThread { gateway.stop() }
         let response = try await slow
         #expect(stopped == 0)
         #expect(response.status == 503, "\(response.status) \(response.text)")
-        try await Task.sleep(for: .seconds(2.5))  // the worker was stopped; had it answered, it would be by now
+        // The gateway has exited, so nothing of it can commit any more: what the database holds now is final.
         let rows = try await Self.sql(database, "SELECT count(*) FROM entities WHERE entity_id = 'g'")
         #expect(rows.first?[0] == "0", "a 503'd command committed")
     }
