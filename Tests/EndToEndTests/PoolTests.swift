@@ -258,7 +258,13 @@ struct PoolTests {
             // A connection opened before the stop, to ask for readiness while the gateway drains.
             let watcher = gateway.client()
             #expect(try watcher.request("GET", "/readyz").status == 200)
-            Thread.sleep(forTimeInterval: 0.5)
+            // SIGTERM once all three are in their workers.
+            let inFlight = try waitFor(seconds: 10) {
+                let listing = try JSONValue.parse(watcher.request("GET", "/v1/functions").text, limits: .client)
+                let slow = listing["functions"]?.arrayValue?.first { $0["name"] == "slow" }
+                return slow?["busy"]?.integerValue == 3
+            }
+            #expect(inFlight, "the three requests never were in their workers together")
             kill(gateway.pid, SIGTERM)
             // Draining: readiness says 503 to a load balancer still asking on an open connection (new connections
             // are refused by then: the listening socket is closed).

@@ -3,7 +3,7 @@ import StatefnAuth
 import StatefnJSON
 import Testing
 
-@Suite("JWT claims")
+@Suite("JWT claims", .timeLimit(.minutes(1)))
 struct ClaimTests {
     let rules = JWTClaimRules(audience: "statefn", issuer: "https://id.example")
     let now = 1_800_000_000.0

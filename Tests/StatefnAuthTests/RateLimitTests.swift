@@ -3,7 +3,7 @@ import StatefnAuth
 import Synchronization
 import Testing
 
-@Suite("rate limits")
+@Suite("rate limits", .timeLimit(.minutes(1)))
 struct RateLimitTests {
     @Test("a bucket allows its burst, then refills at its rate")
     func bucket() {

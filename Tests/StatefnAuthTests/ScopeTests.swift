@@ -2,7 +2,7 @@
 import StatefnAuth
 import Testing
 
-@Suite("scopes")
+@Suite("scopes", .timeLimit(.minutes(1)))
 struct ScopeTests {
     @Test("parses every documented form and prints it back")
     func parses() {

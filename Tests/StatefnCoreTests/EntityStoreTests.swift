@@ -6,7 +6,7 @@ import StatefnPostgres
 import StatefnTestSupport
 import Testing
 
-@Suite("entity store on PostgreSQL")
+@Suite("entity store on PostgreSQL", .timeLimit(.minutes(3)))
 struct EntityStoreTests {
     static let logger = Logger(label: "test")
 

@@ -6,7 +6,7 @@ import StatefnJSON
 import StatefnTestSupport
 import Testing
 
-@Suite("exactly once, pure parts")
+@Suite("exactly once, pure parts", .timeLimit(.minutes(1)))
 struct ExactlyOnceUnitTests {
     @Test("entity keys are equal and hashed by their UTF-8 bytes, as PostgreSQL compares them")
     func entityKeysByBytes() {

@@ -5,7 +5,7 @@ import Testing
 
 @testable import StatefnCore
 
-@Suite struct JSONLogHandlerTests {
+@Suite(.timeLimit(.minutes(1))) struct JSONLogHandlerTests {
     private func line(_ handler: JSONLogHandler, _ message: String, _ metadata: Logger.Metadata?) -> String {
         let event = LogEvent(
             level: .notice, message: "\(message)", metadata: metadata, source: nil, file: #fileID, function: #function,

@@ -3,7 +3,7 @@
 import Synchronization
 import Testing
 
-@Suite("entity mailboxes")
+@Suite("entity mailboxes", .timeLimit(.minutes(1)))
 struct MailboxTests {
     @Test func stateMachineHandsOverInArrivalOrder() {
         var mailbox = MailboxStateMachine<String>()
@@ -46,8 +46,14 @@ struct MailboxTests {
                         probe.leave(i)
                     }
                 })
-            // Arrival order is the order of enqueueing: start the next only once this one waits (or runs).
-            while mailboxes.queuedCount < i { await Task.yield() }
+            // Arrival order is the order of enqueueing: start the next only once this one runs (the first) or waits
+            // (the rest), so the order the tasks happen to start in cannot change it.
+            let arrived = await until { i == 0 ? probe.entered == 1 : mailboxes.queuedCount == i }
+            guard arrived else {
+                Issue.record(
+                    "command \(i) neither ran nor waited (entered \(probe.entered), queued \(mailboxes.queuedCount))")
+                break
+            }
         }
         gate.continuation.finish()
         for task in tasks { try await task.value }
@@ -59,28 +65,43 @@ struct MailboxTests {
     @Test func differentEntitiesRunConcurrently() async throws {
         let mailboxes = EntityMailboxes()
         let probe = Probe()
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        try await withThrowingTaskGroup(of: Bool.self) { group in
             for i in 0..<8 {
                 group.addTask {
                     try await mailboxes.run(EntityKey(function: "f", entity: "e\(i)")) {
                         probe.enter()
-                        try await Task.sleep(for: .milliseconds(50))
+                        // Each holds its entity until all eight are in: were they serialized, none would get there.
+                        let allIn = await until { probe.entered == 8 }
                         probe.leave(i)
+                        return allIn
                     }
                 }
             }
-            try await group.waitForAll()
+            for try await allIn in group {
+                #expect(allIn, "only \(probe.peak) commands on different entities ran at once")
+            }
         }
-        #expect(probe.peak > 1)
+        #expect(probe.peak == 8)
     }
+}
+
+/// Waits, yielding, until `condition` holds; false (and the caller records why) once `seconds` have passed.
+private func until(seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while !condition() {
+        guard ContinuousClock.now < deadline else { return false }
+        await Task.yield()
+    }
+    return true
 }
 
 /// Records how many bodies run at once, and the order they finish in.
 private final class Probe: Sendable {
-    private let state = Mutex<(running: Int, peak: Int, order: [Int])>((0, 0, []))
+    private let state = Mutex<(running: Int, peak: Int, entered: Int, order: [Int])>((0, 0, 0, []))
     func enter() {
         state.withLock {
             $0.running += 1
+            $0.entered += 1
             $0.peak = max($0.peak, $0.running)
         }
     }
@@ -91,5 +112,7 @@ private final class Probe: Sendable {
         }
     }
     var peak: Int { state.withLock { $0.peak } }
+    /// How many bodies have started, in all.
+    var entered: Int { state.withLock { $0.entered } }
     var order: [Int] { state.withLock { $0.order } }
 }

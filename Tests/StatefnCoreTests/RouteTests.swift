@@ -2,7 +2,7 @@
 @testable import StatefnCore
 import Testing
 
-@Suite("routes")
+@Suite("routes", .timeLimit(.minutes(1)))
 struct RouteTests {
     @Test func commandsQueriesActionsAndRawState() throws {
         #expect(try Route.parse(method: "POST", path: "/v1/counter/alice/increment")

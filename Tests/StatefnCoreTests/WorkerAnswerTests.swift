@@ -3,7 +3,7 @@
 import StatefnJSON
 import Testing
 
-@Suite("worker answers")
+@Suite("worker answers", .timeLimit(.minutes(1)))
 struct WorkerAnswerTests {
     @Test func stateEventsAndEffects() throws {
         let answer = try WorkerAnswer([

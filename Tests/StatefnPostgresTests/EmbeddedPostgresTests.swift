@@ -5,7 +5,7 @@ import Testing
 import StatefnPostgres
 import StatefnTestSupport
 
-@Suite struct EmbeddedPostgresTests {
+@Suite(.timeLimit(.minutes(3))) struct EmbeddedPostgresTests {
     @Test func restartsOnAnExistingDirectoryAndKeepsTheData() async throws {
         let root = TestDatabase.makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }
@@ -60,10 +60,12 @@ import StatefnTestSupport
         let outcome = await expectPostgresError { _ = try await onThread { try cluster.start() } }
         if getuid() == 0 {
             // As root the server runs as another account, which cannot pass through a 0700 directory of root's.
+            print("server-account check: ran as root (the server runs as another account, kept out of \(hidden))")
             #expect(outcome?.code == .invalidConfiguration)
             #expect(outcome?.detail.contains("\(hidden) is not searchable") == true)
         } else {
             // Our own directory: the server runs as us and gets in.
+            print("server-account check: ran as uid \(getuid()) (the server runs as us; the root half did not run)")
             #expect(outcome == nil)
         }
     }

@@ -3,7 +3,7 @@ import Testing
 
 @testable import StatefnPostgres
 
-@Suite struct PoolStateMachineTests {
+@Suite(.timeLimit(.minutes(1))) struct PoolStateMachineTests {
     typealias Machine = PoolStateMachine<String>
     let timeout: UInt64 = 10_000
 

@@ -3,7 +3,7 @@ import Testing
 
 import StatefnPostgres
 
-@Suite struct PostgresConfigTests {
+@Suite(.timeLimit(.minutes(1))) struct PostgresConfigTests {
     @Test(arguments: [
         "postgres://statefn:s3cret@db.example:5432/app?sslmode=disable&connect_timeout=3",
         "postgresql://localhost/app",

@@ -5,7 +5,7 @@ import Testing
 @testable import StatefnPostgres
 import StatefnTestSupport
 
-@Suite struct PostgresConnectionTests {
+@Suite(.timeLimit(.minutes(3))) struct PostgresConnectionTests {
     @Test func executeBindsTextParametersAndNULLs() async throws {
         let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         defer { pool.close() }

@@ -7,7 +7,7 @@ import Testing
 import StatefnPostgres
 import StatefnTestSupport
 
-@Suite struct PostgresPoolTests {
+@Suite(.timeLimit(.minutes(3))) struct PostgresPoolTests {
     @Test func manyConcurrentCallersShareAFewConnections() async throws {
         let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 4, logger: TestDatabase.logger)
         defer { pool.close() }
@@ -92,15 +92,16 @@ import StatefnTestSupport
     @Test func aClosedPoolRefusesCallsAndFailsItsWaiters() async throws {
         let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.conninfo()), size: 1, logger: TestDatabase.logger)
         let (release, holder) = await holdTheOnlyConnection(of: pool, thenSelect: "finished")
-        let waiter = Task { try await pool.execute("SELECT 1") }
-        // Let the waiter queue up; either way it must end with poolClosed.
-        try await Task.sleep(for: .milliseconds(200))
+        // Started in place, the waiter has asked for the (taken) connection and is queued by the time this returns.
+        let waiter = Task.immediate { try await pool.execute("SELECT 1") }
         pool.close()
         release.signal()
 
         #expect(try await holder.value == [["finished"]])
         let waiterFailure = await expectPostgresError { _ = try await waiter.value }
         #expect(waiterFailure?.code == .poolClosed)
+        // The only sign that the pool counted it as a waiter, and not as a call after the close.
+        #expect(waiterFailure?.detail == "the pool was closed while waiting")
         let late = await expectPostgresError { _ = try await pool.execute("SELECT 1") }
         #expect(late?.code == .poolClosed)
     }

@@ -7,7 +7,7 @@ import Testing
 
 @testable import StatefnWorkers
 
-@Suite struct EventLoopTests {
+@Suite(.timeLimit(.minutes(2))) struct EventLoopTests {
     final class Received: Sendable {
         let bytes = Mutex<[UInt8]>([])
         var text: String { String(decoding: bytes.withLock { $0 }, as: UTF8.self) }

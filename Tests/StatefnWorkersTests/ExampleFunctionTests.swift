@@ -4,7 +4,7 @@ import Testing
 
 @testable import StatefnWorkers
 
-@Suite struct ExampleFunctionTests {
+@Suite(.timeLimit(.minutes(2))) struct ExampleFunctionTests {
     @Test func counterIncrementsAndReads() async throws {
         try await withPool { pool in
             let counter = example("counter")

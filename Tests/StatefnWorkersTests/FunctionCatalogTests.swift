@@ -3,7 +3,7 @@ import Testing
 
 @testable import StatefnWorkers
 
-@Suite struct FunctionCatalogTests {
+@Suite(.timeLimit(.minutes(1))) struct FunctionCatalogTests {
     /// A fresh functions directory with both layouts, broken entries and names to ignore.
     private func makeDirectory() throws -> String {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("statefn-catalog-\(UUID())").path

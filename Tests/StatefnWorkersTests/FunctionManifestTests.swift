@@ -3,7 +3,7 @@ import Testing
 
 @testable import StatefnWorkers
 
-@Suite struct FunctionManifestTests {
+@Suite(.timeLimit(.minutes(1))) struct FunctionManifestTests {
     @Test func emptyManifestHasTheDocumentedDefaults() throws {
         let manifest = try FunctionManifest.parse([:])
         #expect(manifest == FunctionManifest())

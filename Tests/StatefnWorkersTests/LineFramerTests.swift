@@ -2,7 +2,7 @@ import Testing
 
 @testable import StatefnWorkers
 
-@Suite struct LineFramerTests {
+@Suite(.timeLimit(.minutes(1))) struct LineFramerTests {
     private func feed(_ framer: inout LineFramer, _ text: String) -> [LineFramer.Next] {
         Array(text.utf8).withUnsafeBytes { framer.append($0) }
         var out: [LineFramer.Next] = []

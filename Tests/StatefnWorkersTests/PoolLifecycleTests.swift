@@ -7,7 +7,7 @@ import Testing
 
 @testable import StatefnWorkers
 
-@Suite struct PoolLifecycleTests {
+@Suite(.timeLimit(.minutes(2))) struct PoolLifecycleTests {
     @Test func minWorkersStartBeforeAnyRequest() async throws {
         try await withPool { pool in
             let echo = fixture("echo") { $0.minWorkers = 2 }
@@ -39,16 +39,21 @@ import Testing
                 $0.maxQueue = 2
             }
             _ = try await pool.invoke(echo, request: request("warm-up"))
+            let gate = Gate()
             let results = await withTaskGroup(of: (Int, WorkerError?).self) { group in
-                group.addTask { (0, await failure { try await pool.invoke(echo, request: request("q0", payload: ["sleep_ms": 5000])) }) }
-                _ = await eventually { await pool.status().first?.busy == 1 }
+                let held = request("q0", payload: ["gate": gate.json])
+                group.addTask { (0, await failure { try await pool.invoke(echo, request: held) }) }
+                #expect(await eventually { await pool.status().first?.busy == 1 }, "q0 never reached the worker")
                 for index in 1...2 {
                     group.addTask { (index, await failure { try await pool.invoke(echo, request: request("q\(index)")) }) }
                 }
-                _ = await eventually { await pool.status().first?.queued == 2 }
+                #expect(await eventually { await pool.status().first?.queued == 2 }, "q1 and q2 never queued")
                 group.addTask { (3, await failure { try await pool.invoke(echo, request: request("q3")) }) }
                 var results: [Int: WorkerError?] = [:]
-                for await (index, error) in group { results[index] = error }
+                for await (index, error) in group {
+                    results[index] = error
+                    if index == 3 { gate.open() }  // refused while q0 held the worker; now let the rest through
+                }
                 return results
             }
             #expect(results[0]! == nil && results[1]! == nil && results[2]! == nil)
@@ -65,7 +70,10 @@ import Testing
             import json, os, sys, time
             for line in sys.stdin:
                 request = json.loads(line)
-                time.sleep(((request.get("payload") or {}).get("sleep_ms") or 0) / 1000)
+                gate = (request.get("payload") or {}).get("gate")
+                deadline = time.monotonic() + 30
+                while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+                    time.sleep(0.001)
                 print(json.dumps({"id": request["id"], "reply": {"version": \(n), "pid": os.getpid()}}), flush=True)
             """
         }
@@ -78,7 +86,9 @@ import Testing
             #expect(warm["reply"]?["version"] == 1)
             let oldPid = Int32(try #require(warm["reply"]?["pid"]?.integerValue))
 
-            async let inFlight = pool.invoke(old, request: request("slow", payload: ["sleep_ms": 3000]))
+            // Held in the old worker until the new code has answered: the two overlap for certain.
+            let gate = Gate()
+            async let inFlight = pool.invoke(old, request: request("slow", payload: ["gate": gate.json]))
             #expect(await eventually { await pool.status().first?.busy == 1 })
             directory.install("hot", version(2))
             let second = FunctionCatalog.scan(directory: directory.path)
@@ -87,6 +97,8 @@ import Testing
             // A request made with the old definition still goes to the new code.
             let fresh = try await pool.invoke(old, request: request("v2"))
             #expect(fresh["reply"]?["version"] == 2)
+            #expect(await pool.status().contains { $0.draining && $0.busy == 1 }, "the old request is still in flight")
+            gate.open()
             let slow = try await inFlight
             #expect(slow["reply"]?["version"] == 1)
             #expect(slow["reply"]?["pid"]?.integerValue == Int64(oldPid))

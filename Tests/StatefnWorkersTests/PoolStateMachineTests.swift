@@ -3,7 +3,7 @@ import Testing
 @testable import StatefnWorkers
 
 /// The pool without processes: every event and the action it asks for.
-@Suite struct PoolStateMachineTests {
+@Suite(.timeLimit(.minutes(1))) struct PoolStateMachineTests {
     typealias Machine = PoolStateMachine<String>
 
     @Test func spawnsUpToTheLimitThenQueuesThenRefuses() {

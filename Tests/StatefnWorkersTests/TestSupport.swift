@@ -1,9 +1,11 @@
 // Shared helpers for the worker tests: where the real and fixture functions are, a log handler that keeps what the
-// workers wrote to stderr, and /proc checks for process groups and zombies.
+// workers wrote to stderr, and process-table checks (from /proc/*/stat) for workers, their groups and zombies.
 import Foundation
+import Glibc
 import Logging
 import StatefnJSON
 import Synchronization
+import Testing
 
 @testable import StatefnWorkers
 
@@ -80,28 +82,126 @@ func groupExists(_ group: Int32) -> Bool {
     kill(-group, 0) == 0 || errno != ESRCH
 }
 
-/// Waits (up to `seconds`) for `condition`, polling; for effects that happen asynchronously, like reaping.
-func eventually(seconds: Double = 10, _ condition: () async -> Bool) async -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
+/// Waits (up to `seconds`) for `condition`, polling every `every`; for effects that happen asynchronously, like
+/// reaping.
+func eventually(
+    seconds: Double = 10, every interval: Duration = .milliseconds(20), _ condition: () async -> Bool
+) async -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
         if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
+        try? await Task.sleep(for: interval)
     }
     return await condition()
+}
+
+/// Waits (up to `seconds`) for `value` to give something, polling; nil if it never did.
+func eventuallyValue<T>(
+    seconds: Double = 10, every interval: Duration = .milliseconds(20), _ value: () async -> T?
+) async -> T? {
+    var found: T?
+    _ = await eventually(seconds: seconds, every: interval) {
+        found = await value()
+        return found != nil
+    }
+    return found
+}
+
+// MARK: The process table
+
+/// One process as /proc/<pid>/stat shows it (proc(5)). `command` is what exec made it: a script that exec'd into
+/// `sleep` shows as `sleep`, and its command line no longer names the script.
+struct ProcessEntry: Sendable, Equatable, CustomStringConvertible {
+    let pid: Int32
+    let command: String
+    /// `Z` for a zombie.
+    let state: Character
+    let ppid: Int32
+    let pgid: Int32
+    /// Clock ticks after boot: tells a process from a later one that got its pid.
+    let startTicks: UInt64
+
+    var description: String { "\(pid) (\(command)) \(state) ppid \(ppid) pgid \(pgid)" }
+
+    init?(pid: Int32) {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/stat") else { return nil }
+        let stat = String(decoding: data, as: UTF8.self)
+        guard let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
+        // Fields after the command name, from field 3: state, ppid, pgrp, session, ..., starttime (field 22).
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let state = fields[0].first, let ppid = Int32(fields[1]),
+            let pgid = Int32(fields[2]), let start = UInt64(fields[19])
+        else { return nil }
+        self.pid = pid
+        self.command = String(stat[stat.index(after: open)..<close])
+        self.state = state
+        self.ppid = ppid
+        self.pgid = pgid
+        self.startTicks = start
+    }
+}
+
+/// Every process, zombies included, from /proc/*/stat.
+func processTable() -> [ProcessEntry] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { Int32($0) }.compactMap { ProcessEntry(pid: $0) }
+}
+
+/// Whether `pid`'s chain of parents (`parents`: pid to ppid, from one look at the table) reaches `ancestor`.
+func descends(_ pid: Int32, from ancestor: Int32, parents: [Int32: Int32]) -> Bool {
+    var next = parents[pid]
+    var steps = 0
+    while let parent = next, parent > 1, steps < 64 {
+        if parent == ancestor { return true }
+        next = parents[parent]
+        steps += 1
+    }
+    return false
+}
+
+/// What is left of a worker: the process itself, anything in its process group, and anything still descended
+/// from it; zombies included. The kernel hands out a pid again only once nothing uses it as a pid or a group id,
+/// so a later process with the worker's pid means nothing of the worker is left.
+func remains(of worker: ProcessEntry, in table: [ProcessEntry] = processTable()) -> [ProcessEntry] {
+    if table.contains(where: { $0.pid == worker.pid && $0.startTicks != worker.startTicks }) { return [] }
+    let parents = Dictionary(table.map { ($0.pid, $0.ppid) }, uniquingKeysWith: { first, _ in first })
+    return table.filter { entry in
+        entry.pid == worker.pid || entry.pgid == worker.pgid || descends(entry.pid, from: worker.pid, parents: parents)
+    }
+}
+
+/// Whether the worker itself is still running (a zombie is dead: it only waits to be reaped).
+func isAlive(_ worker: ProcessEntry) -> Bool {
+    guard let now = ProcessEntry(pid: worker.pid), now.startTicks == worker.startTicks else { return false }
+    return now.state != "Z"
+}
+
+/// What is left of the worker the pool spawned as `pid` (a pid known without its start time): a process with that
+/// pid, or anything in the process group it led; zombies included.
+func remains(ofPid pid: Int32, in table: [ProcessEntry] = processTable()) -> [ProcessEntry] {
+    table.filter { $0.pid == pid || $0.pgid == pid }
+}
+
+/// Waits for a worker of `function` to show in the process table as the pool spawned it: a pid from the pool's
+/// own record (`status().pids`), a child of this process, leading a process group of its own, not yet reaped, and
+/// running `command` if one is given (`sleep` for a script that exec'd into sleep). Returns it as the table showed it.
+func sightWorker(
+    of function: String, in pool: WorkerPool, running command: String? = nil, seconds: Double = 10
+) async -> ProcessEntry? {
+    let me = getpid()
+    return await eventuallyValue(seconds: seconds, every: .milliseconds(2)) {
+        let pids = await pool.status().filter { $0.function == function }.flatMap(\.pids)
+        return pids.lazy.compactMap { ProcessEntry(pid: $0) }.first { entry in
+            entry.ppid == me && entry.pgid == entry.pid && entry.state != "Z"
+                && (command == nil || entry.command == command)
+        }
+    }
 }
 
 /// The pids of this process's children that are zombies, from /proc.
 func zombieChildren() -> [Int32] {
     let me = getpid()
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return entries.compactMap { Int32($0) }.filter { pid in
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        // Fields after the command name: state, ppid, ...
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 1 && fields[0] == "Z" && Int32(fields[1]) == me
-    }
+    return processTable().filter { $0.state == "Z" && $0.ppid == me }.map(\.pid)
 }
 
 /// The code a call failed with, or nil if it answered.
@@ -115,6 +215,7 @@ func failureCode(_ body: () async throws -> JSONValue) async -> WorkerError.Code
 }
 
 /// Live processes (zombies included) whose command line mentions `text`, such as a fixture's path; from /proc.
+/// A process that exec'd into something else no longer mentions it: `remains(of:)` is the check that sees those.
 func processes(mentioning text: String) -> [Int32] {
     let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
     return entries.compactMap { Int32($0) }.filter { pid in
@@ -123,13 +224,147 @@ func processes(mentioning text: String) -> [Int32] {
     }
 }
 
-/// No process of fixture `name` is left, none of the groups in `groups` has a member, and this process has no
-/// zombie children: what every misbehaving fixture must leave behind.
-func leavesNoStrays(_ name: String, groups: [Int32] = []) async -> Bool {
-    let path = Paths.fixtures + "/" + name
-    return await eventually(seconds: 15) {
-        processes(mentioning: path).isEmpty && groups.allSatisfy { !groupExists($0) } && zombieChildren().isEmpty
+/// The pids the pool spawned for `function`, as they appear on the lines its workers wrote to stderr (the pool
+/// tags each line with the pid from its spawn, not one the worker claims).
+func spawnedPids(of function: String, in recorder: LogRecorder) -> Set<Int32> {
+    Set(
+        recorder.all.compactMap { entry in
+            guard entry.metadata["function"] == "\(function)", let pid = entry.metadata["pid"] else { return nil }
+            return Int32("\(pid)")
+        })
+}
+
+/// What every misbehaving fixture must leave behind: nothing. Each worker the pool spawned for fixture `name`
+/// (the pids on its logged stderr lines, which every such fixture writes, plus `pids`) is gone from the process
+/// table with everything in its process group, zombies included; no process runs the fixture's file; and this
+/// process has no zombie children. Records an issue naming what is left.
+func expectNoStrays(
+    _ name: String, _ recorder: LogRecorder, pids: [Int32] = [], sourceLocation: SourceLocation = #_sourceLocation
+) async {
+    let workers = spawnedPids(of: name, in: recorder).union(pids)
+    if workers.isEmpty {
+        Issue.record("no worker of \(name) was seen, so nothing could be checked", sourceLocation: sourceLocation)
     }
+    let path = Paths.fixtures + "/" + name
+    func left() -> [String] {
+        let table = processTable()
+        return workers.sorted().flatMap { remains(ofPid: $0, in: table).map { "\($0)" } }
+            + processes(mentioning: path).map { "pid \($0) runs \(path)" }
+            + zombieChildren().map { "zombie child \($0)" }
+    }
+    guard await !eventually(seconds: 15, { left().isEmpty }) else { return }
+    Issue.record("\(name) left \(left()) (workers \(workers.sorted()))", sourceLocation: sourceLocation)
+}
+
+/// A blocking job on a thread of its own, started at once (not when Swift's two cooperative threads get to it).
+final class OwnThread: Sendable {
+    private let state = Mutex<(done: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    init(_ body: @escaping @Sendable () -> Void) {
+        Thread.detachNewThread { [self] in
+            body()
+            state.withLock { state in
+                state.done = true
+                return state.waiter.take()
+            }?.resume()
+        }
+    }
+
+    /// Waits for the job to finish.
+    func finished() async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state in
+                if state.done { return true }
+                state.waiter = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+}
+
+/// Watches one file for opens and closes (inotify(7)). execve(2) opens the file it runs, even when it then refuses
+/// it with ETXTBSY, so this counts attempts to run an executable; a shell running a script holds it open until it
+/// dies, so its last close is the shell's death.
+final class OpenWatch: Sendable {
+    enum Event: Sendable, Equatable {
+        case open, close
+    }
+    private let fd: Int32
+
+    init?(_ path: String) {
+        fd = inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK))
+        guard fd >= 0 else { return nil }
+        // Opens and closes alternate, so no two successive events are alike and none is merged with the one before.
+        guard inotify_add_watch(fd, path, UInt32(IN_OPEN | IN_CLOSE_NOWRITE)) >= 0 else {
+            close(fd)
+            return nil
+        }
+    }
+
+    deinit { close(fd) }
+
+    /// Blocks (on a thread of the caller's own, not Swift's pool) until `count` opens have been seen or `seconds`
+    /// passed; returns how many it saw.
+    func waitForOpens(_ count: Int, seconds: Double) -> Int {
+        var seen = 0
+        _ = events(seconds: seconds) { event, _ in
+            if event == .open { seen += 1 }
+            return seen >= count
+        }
+        return seen
+    }
+
+    /// The opens seen so far, without waiting.
+    func opensSoFar() -> Int {
+        var seen = 0
+        _ = events(seconds: 0) { event, _ in
+            if event == .open { seen += 1 }
+            return false
+        }
+        return seen
+    }
+
+    /// Blocks, passing each event and when it was read to `until`, until it says stop or `seconds` pass; returns
+    /// whether it said stop.
+    func events(seconds: Double, until: (Event, ContinuousClock.Instant) -> Bool) -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count > 0 {
+                let at = ContinuousClock.now
+                var offset = 0
+                let header = MemoryLayout<inotify_event>.size
+                while offset + header <= count {
+                    let (mask, length) = buffer.withUnsafeBytes { raw in
+                        (
+                            raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self),
+                            raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self)
+                        )
+                    }
+                    offset += header + Int(length)
+                    if mask & UInt32(IN_OPEN) != 0, until(.open, at) { return true }
+                    if mask & UInt32(IN_CLOSE_NOWRITE) != 0, until(.close, at) { return true }
+                }
+                continue
+            }
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { return false }
+            var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&ready, 1, Int32(min(100, max(1, left / .milliseconds(1)))))
+        }
+    }
+}
+
+/// A file that a gated request waits for (the `gate` knob of the `echo` and `gated` fixtures): the worker holds
+/// the request, and stays busy, until the test opens the gate. Synchronization by event, not by a guessed sleep.
+final class Gate: Sendable {
+    private let directory = TemporaryDirectory()
+    var path: String { directory.path + "/gate" }
+    /// The payload value: `["gate": gate.json]`.
+    var json: JSONValue { .string(path) }
+    func open() { _ = FileManager.default.createFile(atPath: path, contents: nil) }
 }
 
 /// A temporary functions directory, removed when the test ends.
@@ -148,11 +383,4 @@ final class TemporaryDirectory: Sendable {
             atPath: aside, contents: Data(text.utf8), attributes: [.posixPermissions: 0o755])
         _ = rename(aside, path + "/" + name)
     }
-}
-
-/// The process group a timeout terminated, from its detail ("… process group 1234 terminated").
-func terminatedGroup(_ error: WorkerError) -> Int32? {
-    let words = error.detail.split(separator: " ")
-    guard let index = words.firstIndex(of: "terminated"), index > 0 else { return nil }
-    return Int32(words[index - 1])
 }

@@ -2,6 +2,7 @@
 import Foundation
 import Logging
 import StatefnJSON
+import Synchronization
 import Testing
 
 @testable import StatefnWorkers
@@ -21,7 +22,7 @@ func withPool<T>(
     }
 }
 
-@Suite struct WorkerPoolTests {
+@Suite(.timeLimit(.minutes(3))) struct WorkerPoolTests {
     @Test func warmWorkerIsReusedAcrossRequests() async throws {
         try await withPool { pool in
             let echo = fixture("echo")
@@ -63,12 +64,14 @@ func withPool<T>(
                 $0.maxQueue = 1
                 $0.queueTimeoutMs = 60_000
             }
-            async let slow = pool.invoke(echo, request: request("slow", payload: ["sleep_ms": 1500]))
+            let gate = Gate()
+            async let slow = pool.invoke(echo, request: request("slow", payload: ["gate": gate.json]))
             #expect(await eventually { await pool.status().first?.busy == 1 })
             async let queued = pool.invoke(echo, request: request("queued"))
             #expect(await eventually { await pool.status().first?.queued == 1 })
             let refused = await failureCode { try await pool.invoke(echo, request: request("refused")) }
             #expect(refused == .queueFull)
+            gate.open()
             let (slowAnswer, queuedAnswer) = try await (slow, queued)
             #expect(slowAnswer["id"] == "slow")
             #expect(queuedAnswer["id"] == "queued")
@@ -81,10 +84,14 @@ func withPool<T>(
                 $0.maxWorkers = 1
                 $0.queueTimeoutMs = 200
             }
-            async let slow = pool.invoke(echo, request: request("slow", payload: ["sleep_ms": 3000]))
+            let gate = Gate()
+            async let slow = pool.invoke(echo, request: request("slow", payload: ["gate": gate.json]))
             #expect(await eventually { await pool.status().first?.busy == 1 })
+            let asked = ContinuousClock.now
             let refused = await failureCode { try await pool.invoke(echo, request: request("late")) }
             #expect(refused == .queueFull)
+            #expect(ContinuousClock.now - asked >= .milliseconds(200), "refused before its queue_timeout_ms")
+            gate.open()
             let slowAnswer = try await slow
             #expect(slowAnswer["id"] == "slow")
         }
@@ -155,12 +162,16 @@ func withPool<T>(
 
     @Test func aTimeoutKillsTheWholeProcessGroup() async throws {
         try await withPool { pool in
-            let sleeper = fixture("sleeper")
-            #expect(sleeper.manifest.timeoutMs == 1000)
-            let error = try #require(await failure { try await pool.invoke(sleeper, request: request("s")) })
-            #expect(error.code == .timedOut)
-            let group = try #require(terminatedGroup(error))
-            #expect(await eventually { !groupExists(group) })
+            #expect(fixture("sleeper").manifest.timeoutMs == 1000)
+            // Three seconds, so that a loaded machine still shows the worker to the test before its deadline.
+            let sleeper = fixture("sleeper") { $0.timeoutMs = 3000 }
+            async let outcome = failure { try await pool.invoke(sleeper, request: request("s")) }
+            // The pool's worker, leading its own group, after it exec'd into sleep and before its deadline.
+            let sighted = await sightWorker(of: "sleeper", in: pool, running: "sleep")
+            let error = await outcome
+            let worker = try #require(sighted, "the worker was never seen running sleep")
+            #expect(error?.code == .timedOut)
+            #expect(await eventually { remains(of: worker).isEmpty }, "left: \(remains(of: worker))")
         }
     }
 
@@ -284,15 +295,31 @@ func withPool<T>(
 
     @Test func forkModeDeadlineShorterThanATickFires() async throws {
         // A fork run normally reaches the loop thread with its first output; one that stays silent, with a deadline
-        // before the next tick, must not wait for either. (The bound is loose: the suite runs tests in parallel.)
-        await withPool { pool in
-            let started = ContinuousClock.now
-            let code = await failureCode {
-                try await pool.invoke(fixture("sleeper") { $0.mode = .fork; $0.timeoutMs = 30 }, request: request("s"))
+        // before the next tick, must not wait for either: it is ended at its deadline, give or take a second for a
+        // loaded machine (it would otherwise sleep 1000 s). The time is the process's own, read by a thread of this
+        // test's own (Swift's two cooperative threads may be busy with other tests): from the kernel running the
+        // script to the shell's death, which closes the script it was reading.
+        let directory = TemporaryDirectory()
+        directory.install("quiet", "#!/bin/sh\n# Reads a request, says nothing and sleeps.\nread -r line\nsleep 1000\n")
+        var quiet = try #require(FunctionCatalog.scan(directory: directory.path).functions["quiet"])
+        quiet.manifest.mode = .fork
+        quiet.manifest.timeoutMs = 30
+        let watch = try #require(OpenWatch(quiet.executable))
+        // exec opens and closes the script; the shell opens it to read it, and closes it when it dies.
+        let timeline = Mutex<[(OpenWatch.Event, ContinuousClock.Instant)]>([])
+        let watcher = OwnThread {
+            _ = watch.events(seconds: 30) { event, at in
+                timeline.withLock { $0.append((event, at)) }
+                return timeline.withLock { $0.count } == 4
             }
-            #expect(code == .timedOut)
-            #expect(ContinuousClock.now - started < .seconds(10))
         }
+        let code = await withPool { pool in await failureCode { try await pool.invoke(quiet, request: request("q")) } }
+        await watcher.finished()
+        #expect(code == .timedOut)
+        let events = timeline.withLock { $0 }
+        try #require(events.map(\.0) == [.open, .close, .open, .close], "\(events.map(\.0))")
+        let lived = events[3].1 - events[0].1
+        #expect(lived < .milliseconds(30) + .seconds(1), "the 30 ms deadline ended the run \(lived) after its exec")
     }
 
     /// A fork-mode function whose executable this process has just written and still holds open for writing, as
@@ -311,32 +338,38 @@ func withPool<T>(
     @Test func anExecutableStillOpenForWritingStartsOnceItsWriterCloses() async throws {
         let directory = TemporaryDirectory()
         let (function, writer) = try executableStillBeingWritten(in: directory)
-        // Closed from a thread of its own a moment later, while the spawn is retrying.
-        Thread.detachNewThread {
-            usleep(3_000)
+        // Every attempt to exec the file opens it. A second open means the first was refused (ETXTBSY) and the spawn
+        // is retrying; only then does the writer close, from a thread of its own so that it closes at once.
+        let opens = try #require(OpenWatch(function.executable))
+        let attemptsBeforeClose = Mutex(0)
+        let closer = OwnThread {
+            attemptsBeforeClose.withLock { $0 = opens.waitForOpens(2, seconds: 10) }
             close(writer)
         }
         try await withPool { pool in
             let answer = try await pool.invoke(function, request: request("b1"))
             #expect(answer["id"] == "b1")
         }
+        await closer.finished()
+        #expect(attemptsBeforeClose.withLock { $0 } >= 2, "the spawn never retried while the writer was open")
     }
 
     @Test func anExecutableHeldOpenForWritingIsRefusedAsBusy() async throws {
         let directory = TemporaryDirectory()
         let (function, writer) = try executableStillBeingWritten(in: directory)
         defer { close(writer) }
+        let opens = try #require(OpenWatch(function.executable))
         await withPool { pool in
-            do {
+            do throws(WorkerError) {
                 _ = try await pool.invoke(function, request: request("b2"))
                 Issue.record("an executable open for writing cannot run")
-            } catch let error as WorkerError {
+            } catch {
                 #expect(error.code == .spawnFailed)
                 #expect(error.detail.contains(errorText(ETXTBSY)), "\(error.detail)")
-            } catch {
-                Issue.record("unexpected \(error)")
             }
         }
+        // The kernel saw it tried, again and again, before giving up (the spawn's retries: DESIGN.md section 9).
+        #expect(opens.opensSoFar() > 1, "the executable was not tried more than once")
     }
 
     @Test func forkModeCrashReportsTheExitStatus() async throws {
@@ -353,10 +386,16 @@ func withPool<T>(
     }
 
     @Test func forkModeTimeoutKillsTheGroup() async throws {
-        await withPool { pool in
-            let sleeper = fixture("sleeper") { $0.mode = .fork }
-            let code = await failureCode { try await pool.invoke(sleeper, request: request("s")) }
-            #expect(code == .timedOut)
+        try await withPool { pool in
+            let sleeper = fixture("sleeper") {
+                $0.mode = .fork
+                $0.timeoutMs = 3000  // so that a loaded machine still shows the run to the test before its deadline
+            }
+            async let code = failureCode { try await pool.invoke(sleeper, request: request("s")) }
+            let sighted = await sightWorker(of: "sleeper", in: pool, running: "sleep")
+            #expect(await code == .timedOut)
+            let worker = try #require(sighted, "the fork run was never seen running sleep")
+            #expect(await eventually { remains(of: worker).isEmpty }, "left: \(remains(of: worker))")
             #expect(await eventually { await pool.status().allSatisfy { $0.pids.isEmpty } })
         }
     }
@@ -367,9 +406,10 @@ func withPool<T>(
         let answer = try await pool.invoke(echo, request: request("a"))
         let pid = Int32(try #require(answer["reply"]?["pid"]?.integerValue))
         async let stuck = failureCode { try await pool.invoke(fixture("sleeper") { $0.timeoutMs = 60_000 }, request: request("s")) }
-        #expect(await eventually { await pool.status().first { $0.function == "sleeper" }?.pids.count == 1 })
+        let sleeper = try #require(await sightWorker(of: "sleeper", in: pool, running: "sleep"))
         await pool.shutdown()
         #expect(await eventually { !groupExists(pid) })
+        #expect(await eventually { remains(of: sleeper).isEmpty }, "left: \(remains(of: sleeper))")
         #expect(await stuck == .shuttingDown)
         let code = await failureCode { try await pool.invoke(echo, request: request("b")) }
         #expect(code == .shuttingDown)
