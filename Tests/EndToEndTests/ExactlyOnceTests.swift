@@ -214,6 +214,26 @@ struct ExactlyOnceTests {
         for gateway in gateways { #expect(gateway.stop() == 0) }
     }
 
+    @Test("two writers through two replicas with a tiny budget: lost compare-and-sets re-run, then 409, and the count is the 200s")
+    func twoWritersRunOutOfBudget() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let gateways = try await Self.replicas(2, database: database, arguments: ["--conflict-budget", "3ms"])
+        let statuses = try await onThreads(8) { index in
+            let client = gateways[index % 2].client()
+            return try (0..<60).map { _ in try client.request("POST", "/v1/register/duel/incr", body: "{}").status }
+        }.flatMap { $0 }
+        var runs = 0
+        for gateway in gateways { runs += try await Self.served(gateway, "register") }
+        let ok = statuses.filter { $0 == 200 }.count
+        let conflicts = statuses.filter { $0 == 409 }.count
+        #expect(ok + conflicts == statuses.count, "statuses: \(Set(statuses))")
+        #expect(conflicts > 0, "two writers with a 3 ms budget never ran out of it")
+        #expect(runs > statuses.count, "no lost compare-and-set was run again: \(runs) runs for \(statuses.count)")
+        let final = try Self.json(try await Self.get(gateways[0], "/v1/register/duel"))
+        #expect(final["state"]?["n"]?.integerValue == Int64(ok), "a 409 committed, or a 200 did not")
+        for gateway in gateways { #expect(gateway.stop() == 0) }
+    }
+
     @Test("a conflict is answered 409 only once the budget is spent")
     func conflictWaitsForTheBudget() async throws {
         let database = try await TestDatabase.createDatabase()
