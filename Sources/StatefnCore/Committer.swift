@@ -176,7 +176,7 @@ final class Committer: Sendable {
                         "the entity kept changing; gave up after \(attempt) runs in \(configuration.conflictBudget)",
                         headers: [(name: "Retry-After", value: "1")])
                 }
-                // Full jitter over an exponential ceiling (2 ms doubling to 64 ms), cut to what the budget leaves.
+                // Full jitter over an exponential ceiling (4 ms doubling to 64 ms), cut to what the budget leaves.
                 let ceiling = Double(2 << min(attempt, 5)) / 1000
                 let pause = min(Duration.seconds(Double.random(in: 0...ceiling)), deadline - now)
                 try await Task.sleep(for: pause)
