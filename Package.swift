@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(name: "StatefnPostgresTests", dependencies: ["StatefnPostgres", "StatefnTestSupport"]),
         .testTarget(name: "StatefnHTTPTests", dependencies: ["StatefnHTTP", "StatefnJSON", "StatefnTestSupport"]),
         .testTarget(
-            name: "StatefnWorkersTests", dependencies: ["StatefnWorkers", "StatefnJSON"],
+            name: "StatefnWorkersTests", dependencies: ["StatefnWorkers", "StatefnJSON", "StatefnTestSupport"],
             exclude: ["Fixtures"]),
         .testTarget(
             name: "StatefnCoreTests",

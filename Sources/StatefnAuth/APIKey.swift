@@ -56,7 +56,8 @@ public struct APIKey: Sendable, Equatable {
         return difference == 0
     }
 
-    static func hex(_ bytes: [UInt8]) -> String {
+    /// Lowercase hex, two digits a byte (also the idempotency fingerprint's spelling).
+    public static func hex(_ bytes: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count * 2)

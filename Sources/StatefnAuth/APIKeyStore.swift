@@ -42,11 +42,11 @@ public final class APIKeyStore: Sendable {
     }
 
     public func list() async throws -> [APIKeyRecord] {
-        try await pool.execute("\(Self.select) ORDER BY created_at, id").rows.compactMap(Self.record)
+        try await pool.read("\(Self.select) ORDER BY created_at, id").rows.compactMap(Self.record)
     }
 
     public func lookup(id: String) async throws -> APIKeyRecord? {
-        try await pool.execute("\(Self.select) WHERE id = $1", [id]).rows.first.flatMap(Self.record)
+        try await pool.read("\(Self.select) WHERE id = $1", [id]).rows.first.flatMap(Self.record)
     }
 
     /// Marks the key revoked; false if there is no such key or it was revoked before.

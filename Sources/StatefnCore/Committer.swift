@@ -59,7 +59,6 @@ final class Committer: Sendable {
     private let inFlight = IdempotencyInFlight()
     private let gate = Mutex(CommitGate())
     private let logger: Logger
-    let counters = CommitCounters()
 
     init(configuration: CommitterConfiguration, store: EntityStore, logger: Logger) {
         self.configuration = configuration
@@ -68,15 +67,23 @@ final class Committer: Sendable {
         self.logger = logger
     }
 
-    var cacheUsage: (entries: Int, bytes: Int) { cache.usage }
-
     /// Runs `input`'s command through `worker` and commits what it returns; the response is the client's answer.
-    func execute(_ input: CommandInput, worker: Worker) async throws -> HTTPResponse {
-        guard let claim = input.claim else {
-            return try await mailboxes.run(input.key) { try await commitLoop(input, worker) }
-        }
-        return try await inFlight.run(claim, wait: configuration.idempotencyWait) {
-            try await mailboxes.run(input.key) { try await commitLoop(input, worker) }
+    func execute(_ input: CommandInput, worker: @escaping Worker) async throws -> HTTPResponse {
+        let run = { try await self.mailboxes.run(input.key) { try await self.commitLoop(input, worker) } }
+        guard let claim = input.claim else { return try await run() }
+        return try await inFlight.run(claim, wait: configuration.idempotencyWait, run)
+    }
+
+    /// Deletes expired idempotency records in small batches, every `interval`, until cancelled. Every replica may
+    /// run it: the batches are small, and two sweepers only share the work.
+    func sweepExpiredRecords(every interval: Duration) async {
+        while !Task.isCancelled {
+            do {
+                while try await store.sweepExpiredRecords(limit: 500) == 500, !Task.isCancelled {}
+            } catch {
+                logger.warning("idempotency sweep failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: interval)
         }
     }
 
@@ -114,7 +121,6 @@ final class Committer: Sendable {
                     throw GatewayError(
                         422, "this Idempotency-Key was used for a different request; use a new key for a new request")
                 }
-                counters.replays.add(1, ordering: .relaxed)
                 return stored.response()
             }
             // If-Match is checked against the database, and every run after the first reads afresh.
@@ -147,18 +153,18 @@ final class Committer: Sendable {
 
             switch try await commitThroughGate(request, lease: input.lease) {
             case .committed(let version):
-                switch decided.newState {
-                case .replace(let state, let bytes)?:
-                    cache.put(input.key, EntitySnapshot(state: state, version: version), encodedBytes: bytes)
-                case .delete?: cache.put(input.key, EntitySnapshot(state: .null, version: version), encodedBytes: 4)
-                case nil where cached == nil:
-                    cache.put(input.key, snapshot, encodedBytes: snapshotBytes)
-                case nil: break
+                switch request.change {
+                case .replace(let encoded):
+                    cache.put(
+                        input.key, EntitySnapshot(state: decided.newState, version: version),
+                        encodedBytes: encoded.utf8.count)
+                case .delete: cache.put(input.key, EntitySnapshot(state: .null, version: version), encodedBytes: 4)
+                case .unchanged where cached == nil: cache.put(input.key, snapshot, encodedBytes: snapshotBytes)
+                case .unchanged: break
                 }
                 return try decided.response()
             case .conflict:
                 cache.remove(input.key)
-                counters.conflicts.add(1, ordering: .relaxed)
                 logger.debug(
                     "version conflict", metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])
                 let now = clock.now
@@ -168,8 +174,7 @@ final class Committer: Sendable {
                     if let claim = input.claim, let stored = try await store.record(for: claim),
                         stored.fingerprint == claim.fingerprint
                     {
-                        counters.replays.add(1, ordering: .relaxed)
-                        return stored.response()
+                                return stored.response()
                     }
                     throw GatewayError(
                         409,
@@ -201,7 +206,6 @@ final class Committer: Sendable {
         do {
             return try await store.commit(request)
         } catch let error as CommitUncertain {
-            counters.uncertain.add(1, ordering: .relaxed)
             throw GatewayError(
                 503,
                 "the commit's outcome is unknown: the database connection was lost as it committed, and the command"
@@ -210,28 +214,26 @@ final class Committer: Sendable {
         }
     }
 
-    /// What one run of the worker decided: what to commit, and what to answer.
+    /// What one run of the worker decided: what to commit, and what to answer (the reply with its ETag, or the
+    /// function's refusal as a problem body).
     private struct Decision {
-        enum NewState {
-            case replace(JSONValue, bytes: Int)
-            case delete
-        }
         var commit: CommitRequest?
-        var newState: NewState?
-        var status: Int
+        /// The state a `.replace` commit writes, parsed, for the cache.
+        var newState: JSONValue = .null
         var body: [UInt8]
         var etag: String?
         var refusal: GatewayError?
 
         func stored(_ fingerprint: String) -> StoredAnswer {
             StoredAnswer(
-                fingerprint: fingerprint, status: status, body: String(decoding: body, as: UTF8.self), etag: etag)
+                fingerprint: fingerprint, status: refusal?.status ?? 200, body: String(decoding: body, as: UTF8.self),
+                etag: etag)
         }
 
         func response() throws -> HTTPResponse {
             if let refusal { throw refusal }
             return HTTPResponse(
-                status: status,
+                status: 200,
                 headers: [(name: "Content-Type", value: "application/json"), (name: "ETag", value: etag ?? "")],
                 body: body)
         }
@@ -244,28 +246,25 @@ final class Committer: Sendable {
         } catch let error as GatewayError where error.isBusinessError {
             // The function refused: nothing to commit, but the refusal is an answer like any other (and is stored
             // under an Idempotency-Key).
-            let problem = error.response(requestID: input.requestID)
-            return Decision(commit: nil, status: problem.status, body: problem.body, etag: nil, refusal: error)
+            return Decision(commit: nil, body: error.response(requestID: input.requestID).body, refusal: error)
         }
-        let (commit, newState) = try Self.commitRequest(answer, input: input, snapshot: snapshot)
+        let commit = try Self.commitRequest(answer, input: input, snapshot: snapshot)
+        var newState = JSONValue.null
+        if case .replace(let state) = answer.change { newState = state }
         let version = commit?.versionAfter ?? snapshot.version
-        return Decision(
-            commit: commit, newState: newState, status: 200, body: answer.reply.encoded(), etag: "\"\(version)\"")
+        return Decision(commit: commit, newState: newState, body: answer.reply.encoded(), etag: "\"\(version)\"")
     }
 
     /// What to write for an answer, or nil when nothing changed (no write, no new version).
     private static func commitRequest(_ answer: WorkerAnswer, input: CommandInput, snapshot: EntitySnapshot)
-        throws(GatewayError) -> (CommitRequest?, Decision.NewState?)
+        throws(GatewayError) -> CommitRequest?
     {
         let manifest = input.manifest
         var change: CommitRequest.Change
-        var newState: Decision.NewState?
         switch answer.change {
         case .unchanged: change = .unchanged
         case .delete where !snapshot.exists: change = .unchanged
-        case .delete:
-            change = .delete
-            newState = .delete
+        case .delete: change = .delete
         case .replace(let state) where state == snapshot.state && snapshot.version > 0: change = .unchanged
         case .replace(let state):
             let encoded = state.encodedString()
@@ -280,7 +279,6 @@ final class Committer: Sendable {
                     logDetail: "state holds \(number): jsonb would store it as an integer beyond 64 bits")
             }
             change = .replace(encoded)
-            newState = .replace(state, bytes: encoded.utf8.count)
         }
         let request = CommitRequest(
             key: input.key, seenVersion: snapshot.version, change: change,
@@ -291,7 +289,7 @@ final class Committer: Sendable {
                     delayMs: $0.delayMs)
             },
             principal: input.principal)
-        return request.isVersionCheck ? (nil, nil) : (request, newState)
+        return request.isVersionCheck ? nil : request
     }
 }
 
@@ -299,13 +297,6 @@ final class Committer: Sendable {
 private struct CommitGate {
     var closed = false
     var active = 0
-}
-
-/// Counts for logs, tests and metrics.
-final class CommitCounters: Sendable {
-    let conflicts = Atomic<Int>(0)
-    let replays = Atomic<Int>(0)
-    let uncertain = Atomic<Int>(0)
 }
 
 extension CommitRequest {

@@ -77,20 +77,17 @@ final class EntityStore: Sendable {
     private let logger: Logger
     /// Transaction attempts on 40001/40P01 before giving up.
     private let maxTransactionAttempts = 8
-    /// Called with the SQLSTATE of each retried transaction failure (for counts in tests and metrics).
-    private let onRetry: @Sendable (String) -> Void
 
-    init(pool: PostgresPool, logger: Logger, onRetry: @escaping @Sendable (String) -> Void = { _ in }) {
+    init(pool: PostgresPool, logger: Logger) {
         self.pool = pool
         self.logger = logger
-        self.onRetry = onRetry
     }
 
     func load(_ key: EntityKey) async throws -> EntitySnapshot { try await loadMeasured(key).snapshot }
 
     /// The snapshot and the length of its state's text (what the cache charges for it).
     func loadMeasured(_ key: EntityKey) async throws -> (snapshot: EntitySnapshot, bytes: Int) {
-        let result = try await read(
+        let result = try await pool.read(
             "SELECT state::text, version FROM entities WHERE function = $1 AND entity_id = $2",
             [key.function, key.entity])
         guard let row = result.rows.first, let stateText = row[0], let versionText = row[1],
@@ -103,7 +100,7 @@ final class EntityStore: Sendable {
 
     /// The stored answer under `claim`'s key, if there is one (expired or not: the sweeper removes expired ones).
     func record(for claim: IdempotencyClaim) async throws -> StoredAnswer? {
-        let result = try await read(
+        let result = try await pool.read(
             """
             SELECT request_hash, status, response, etag FROM idempotency
             WHERE caller = $1 AND function = $2 AND entity_id = $3 AND key = $4
@@ -112,16 +109,6 @@ final class EntityStore: Sendable {
             let body = row[2]
         else { return nil }
         return StoredAnswer(fingerprint: hash, status: status, body: body, etag: row[3])
-    }
-
-    /// A read, tried once more on another connection when its connection turns out to be broken (the database
-    /// restarted since it was last used): reading twice is harmless, and it spares the client a 503.
-    private func read(_ sql: String, _ parameters: [String?]) async throws -> PostgresResult {
-        do {
-            return try await pool.execute(sql, parameters)
-        } catch let error as PostgresError where error.code == .connectionFailed {
-            return try await pool.execute(sql, parameters)
-        }
     }
 
     /// Deletes up to `limit` expired idempotency records; returns how many went.
@@ -150,16 +137,6 @@ final class EntityStore: Sendable {
         }
     }
 
-    /// Commits each request as its own all-or-nothing transaction, and gives each its own outcome: one entity's
-    /// conflict or error never fails another's. (Today one after another; the shape lets them share a round trip.)
-    func commit(_ requests: [CommitRequest]) async -> [Result<CommitOutcome, any Error>] {
-        var outcomes: [Result<CommitOutcome, any Error>] = []
-        for request in requests {
-            do { outcomes.append(.success(try await commit(request))) } catch { outcomes.append(.failure(error)) }
-        }
-        return outcomes
-    }
-
     /// One CAS transaction: state, events, outbox rows and the idempotency record. Retried on 40001/40P01 with
     /// jittered exponential backoff. An unknown outcome (40003, or the connection lost while the last statement was
     /// on its way) is resolved by reading back, never by running the commit again blindly.
@@ -177,7 +154,6 @@ final class EntityStore: Sendable {
                     }
                 }
             } catch let error as PostgresError where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts {
-                onRetry(error.sqlState ?? "")
                 logger.debug(
                     "commit retried", metadata: ["sqlstate": "\(error.sqlState ?? "")", "attempt": "\(attempt)"])
                 let base = 2 << min(attempt, 8)  // ms: 4, 8, 16, ...
@@ -274,13 +250,13 @@ final class EntityStore: Sendable {
         // round trip and no explicit transaction.
         let single = request.events.isEmpty && request.effects.isEmpty
         if single, case .unchanged = request.change, let record = request.record {
-            return try final(on: db) {
+            return try decisive {
                 let inserted = try insertRecord(record, onlyIfAt: request.seenVersion, on: db)
                 return inserted ? .committed(version: request.seenVersion) : .conflict
             }
         }
         if single, request.record == nil {
-            return try final(on: db) { try writeState(request, on: db) }
+            return try decisive { try writeState(request, on: db) }
         }
         do {
             _ = try db.execute("BEGIN")
@@ -311,20 +287,15 @@ final class EntityStore: Sendable {
             // A twin under the same idempotency key, or another writer's event with the same seq, got there first.
             return .conflict
         }
-        return try final(on: db) {
+        return try decisive {
             _ = try db.execute("COMMIT")
-            return outcome(of: request)
+            return .committed(version: request.versionAfter)
         }
-    }
-
-    /// The outcome of a transaction that reached COMMIT.
-    private static func outcome(of request: CommitRequest) -> CommitOutcome {
-        .committed(version: request.versionAfter)
     }
 
     /// Runs the statement that decides a commit. The server may have committed it even when its answer never
     /// arrived, so a lost connection here, or 40003, is an unknown outcome; a unique violation is a lost race.
-    private static func final(on db: PostgresConnection, _ body: () throws -> CommitOutcome) throws -> CommitOutcome {
+    private static func decisive(_ body: () throws -> CommitOutcome) throws -> CommitOutcome {
         do {
             return try body()
         } catch let error as PostgresError {

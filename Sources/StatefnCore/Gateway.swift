@@ -55,14 +55,7 @@ public final class Gateway: Sendable {
     /// Deletes expired idempotency records in small batches, every `interval`, until cancelled. Every replica may
     /// run it: the batches are small, and two sweepers only share the work.
     public func sweepIdempotencyRecords(every interval: Duration) async {
-        while !Task.isCancelled {
-            do {
-                while try await store.sweepExpiredRecords(limit: 500) == 500, !Task.isCancelled {}
-            } catch {
-                logger.warning("idempotency sweep failed", metadata: ["error": "\(error)"])
-            }
-            try? await Task.sleep(for: interval)
-        }
+        await committer.sweepExpiredRecords(every: interval)
     }
 
     public func handle(_ request: HTTPRequest) async -> HTTPResponse {
@@ -279,10 +272,7 @@ public final class Gateway: Sendable {
     /// `If-Match: "<version>"`; `*` matches anything.
     private static func ifMatch(_ request: HTTPRequest) throws(GatewayError) -> Int64? {
         guard let header = request.headers["if-match"]?.trimmingSpaces, header != "*" else { return nil }
-        var text = Substring(header)
-        if text.hasPrefix("W/") { text = text.dropFirst(2) }
-        if text.hasPrefix("\""), text.hasSuffix("\""), text.count >= 2 { text = text.dropFirst().dropLast() }
-        guard let version = Int64(text), version >= 0 else {
+        guard let version = taggedVersion(Substring(header)) else {
             throw GatewayError(400, "If-Match must be a quoted version, like \"3\"")
         }
         return version
@@ -291,11 +281,18 @@ public final class Gateway: Sendable {
     /// Whether an `If-None-Match` list (`"3"`, `W/"3"`, `"1", "3"` or `*`) names `version`.
     private static func matches(_ header: String, version: Int64) -> Bool {
         header.split(separator: ",").contains { item in
-            var tag = Substring(item.trimmingSpaces)
-            if tag == "*" { return true }
-            if tag.hasPrefix("W/") { tag = tag.dropFirst(2) }
-            return tag == "\"\(version)\""
+            let tag = Substring(item.trimmingSpaces)
+            return tag == "*" || taggedVersion(tag) == version
         }
+    }
+
+    /// The version an entity tag names: `"3"` or `W/"3"` (quotes optional); nil for anything else.
+    private static func taggedVersion(_ tag: Substring) -> Int64? {
+        var text = tag
+        if text.hasPrefix("W/") { text = text.dropFirst(2) }
+        if text.hasPrefix("\""), text.hasSuffix("\""), text.count >= 2 { text = text.dropFirst().dropLast() }
+        guard let version = Int64(text), version >= 0 else { return nil }
+        return version
     }
 
     private static func etag(_ version: Int64) -> (name: String, value: String) {

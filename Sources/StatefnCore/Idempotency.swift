@@ -1,6 +1,7 @@
 // Idempotency-Key (DESIGN.md section 4; the IETF httpapi draft): the header's grammar, the request fingerprint, the
 // stored answer, and the registry that makes a repeat wait for a first call still running in this gateway.
 import Crypto
+import StatefnAuth
 import StatefnHTTP
 import Synchronization
 
@@ -55,10 +56,7 @@ struct IdempotencyClaim: Sendable {
         var hasher = SHA256()
         hasher.update(data: Array("POST\u{0}\(command)\u{0}\(ifMatch ?? "")\u{0}".utf8))
         hasher.update(data: body)
-        return hasher.finalize().map { byte in
-            let digits = Array("0123456789abcdef".utf8)
-            return String(decoding: [digits[Int(byte >> 4)], digits[Int(byte & 0xF)]], as: UTF8.self)
-        }.joined()
+        return APIKey.hex(Array(hasher.finalize()))
     }
 
     private static func invalid(_ why: String) -> GatewayError {
@@ -94,91 +92,25 @@ struct StoredAnswer: Sendable, Equatable {
 }
 
 /// The keys whose first call is running in this gateway. A repeat waits for the first call to finish (it then finds
-/// the stored answer), up to a bound; after that it gets 409 with `Retry-After`.
+/// the stored answer), up to a bound; after that it gets 409 with `Retry-After`. The entity's mailbox would make it
+/// wait anyway; this only bounds the wait. A repeat while the first is still running is rare, so it polls.
 final class IdempotencyInFlight: Sendable {
-    private struct Waiter {
-        var id: UInt64
-        var continuation: CheckedContinuation<Bool, Never>
-    }
-    private struct State {
-        var running: [[UInt8]: [Waiter]] = [:]
-        var nextID: UInt64 = 0
-        /// Waiters between their start and their end, and those whose timer fired before they were queued.
-        var pending: Set<UInt64> = []
-        var expiredEarly: Set<UInt64> = []
-    }
-    private let state = Mutex(State())
+    private let running = Mutex<Set<[UInt8]>>([])
 
     /// Runs `body` as the only call in this gateway under `claim`'s key. Throws 409 when an earlier call under the
     /// same key is still running after `wait`.
     func run<T: Sendable>(_ claim: IdempotencyClaim, wait: Duration, _ body: () async throws -> T) async throws -> T {
         let key = claim.registryKey
         let deadline = ContinuousClock.now.advanced(by: wait)
-        while !begin(key) {
-            guard await waitForFinish(key, until: deadline) else {
+        while !running.withLock({ $0.insert(key).inserted }) {
+            guard ContinuousClock.now < deadline else {
                 throw GatewayError(
                     409, "a request with this Idempotency-Key is still running; try again later",
                     headers: [(name: "Retry-After", value: "1")])
             }
+            try await Task.sleep(for: .milliseconds(5))
         }
-        defer { finish(key) }
+        defer { _ = running.withLock { $0.remove(key) } }
         return try await body()
-    }
-
-    private func begin(_ key: [UInt8]) -> Bool {
-        state.withLock { state in
-            guard state.running[key] == nil else { return false }
-            state.running[key] = []
-            return true
-        }
-    }
-
-    private func finish(_ key: [UInt8]) {
-        let waiters = state.withLock { $0.running.removeValue(forKey: key) } ?? []
-        for waiter in waiters { waiter.continuation.resume(returning: true) }
-    }
-
-    /// True when the running call finished, false when `deadline` came first.
-    private func waitForFinish(_ key: [UInt8], until deadline: ContinuousClock.Instant) async -> Bool {
-        let id = state.withLock { state -> UInt64 in
-            state.nextID += 1
-            state.pending.insert(state.nextID)
-            return state.nextID
-        }
-        let timer = Task {
-            guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
-            self.expire(key, id)
-        }
-        defer {
-            timer.cancel()
-            state.withLock { state in
-                state.pending.remove(id)
-                state.expiredEarly.remove(id)
-            }
-        }
-        return await withCheckedContinuation { continuation in
-            let queued = state.withLock { state -> Bool? in
-                if state.expiredEarly.remove(id) != nil { return nil }
-                guard state.running[key] != nil else { return false }
-                state.running[key]!.append(Waiter(id: id, continuation: continuation))
-                return true
-            }
-            switch queued {
-            case nil: continuation.resume(returning: false)
-            case false?: continuation.resume(returning: true)
-            case true?: break
-            }
-        }
-    }
-
-    private func expire(_ key: [UInt8], _ id: UInt64) {
-        let expired = state.withLock { state -> Waiter? in
-            guard let index = state.running[key]?.firstIndex(where: { $0.id == id }) else {
-                if state.pending.contains(id) { state.expiredEarly.insert(id) }
-                return nil
-            }
-            return state.running[key]!.remove(at: index)
-        }
-        expired?.continuation.resume(returning: false)
     }
 }

@@ -45,6 +45,17 @@ public final class PostgresPool: Sendable {
         try await withConnection { try $0.execute(sql, parameters) }
     }
 
+    /// A statement that only reads, tried once more when its connection turns out to be broken (the database
+    /// restarted since the connection was last used; the pool replaces it for the second try). Reading twice is
+    /// harmless, and it spares the caller an error for what was only a stale connection.
+    public func read(_ sql: String, _ parameters: [String?] = []) async throws -> PostgresResult {
+        do {
+            return try await execute(sql, parameters)
+        } catch let error as PostgresError where error.code == .connectionFailed {
+            return try await execute(sql, parameters)
+        }
+    }
+
     /// Closes every connection; later calls fail with `.poolClosed`. Calls in flight finish first.
     public func close() {
         let action = state.withLock { $0.close() }

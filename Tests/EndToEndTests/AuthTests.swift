@@ -59,20 +59,9 @@ struct AuthTests {
         return output.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// The gateway's child processes (its workers): every process in /proc whose parent is `pid`. Read from each
-    /// /proc/<pid>/stat rather than /proc/<pid>/task/*/children, which kernels without CONFIG_PROC_CHILDREN lack
-    /// (an empty answer there would pass any test).
+    /// The gateway's child processes (its workers), from the process table.
     static func children(of pid: Int32) -> [String] {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        #expect(entries.contains("self"), "no /proc to read processes from")
-        return entries.filter { $0.allSatisfy(\.isNumber) }.filter { entry in
-            guard let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
-                let close = stat.lastIndex(of: ")")
-            else { return false }
-            // After "pid (comm)": state, then the parent's pid.
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            return fields.count > 1 && Int32(fields[1]) == pid
-        }
+        processTable().filter { $0.ppid == pid }.map { String($0.pid) }
     }
 
     static func bearer(_ token: String) -> [String: String] { ["Authorization": "Bearer " + token] }

@@ -25,16 +25,16 @@ struct CounterTests {
             // The embedded cluster is a real postmaster, and it really stops with the gateway.
             let pidFile = dataDir + "/pg/postmaster.pid"
             let first = try #require(Self.postmaster(pidFile), "no postmaster.pid under \(dataDir)/pg")
-            #expect(Self.isAlive(first))
+            #expect(isRunning(first))
             #expect(gateway!.stop() == 0)
             gateway = nil
             #expect(!FileManager.default.fileExists(atPath: pidFile), "the cluster did not shut down cleanly")
-            #expect(!Self.isAlive(first), "postmaster \(first) outlived the gateway")
+            #expect(!isRunning(first), "postmaster \(first) outlived the gateway")
 
             gateway = try GatewayProcess(arguments: ["--functions", functions, "--data-dir", dataDir])
             client = gateway!.client()
             let second = try #require(Self.postmaster(pidFile))
-            #expect(second != first && Self.isAlive(second), "the cluster did not start again")
+            #expect(second != first && isRunning(second), "the cluster did not start again")
             response = try client.request("GET", "/v1/counter/alice/get")
             #expect(response.status == 200)
             #expect(response.text == #"{"value":4}"#)
@@ -43,15 +43,6 @@ struct CounterTests {
             #expect(try JSONValue.parse(response.text, limits: .client) == ["state": ["value": 4], "version": 2])
             #expect(gateway!.stop() == 0)
         }
-    }
-
-    /// Whether `pid` is a live process: it exists and is not a zombie waiting for a parent (the postmaster is no
-    /// child of ours, and a container's pid 1 may be slow to reap it).
-    static func isAlive(_ pid: pid_t) -> Bool {
-        guard kill(pid, 0) == 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
     }
 
     /// The postmaster's pid, from the first line of its pid file.

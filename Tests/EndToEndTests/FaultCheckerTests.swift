@@ -57,14 +57,14 @@ struct FaultCheckerTests {
         #expect(
             report.probeFailures == 0, "a repeated Idempotency-Key was not replayed as stored: \(report.probeNotes)")
         #expect(report.unexpectedStatuses.isEmpty, "statuses a retry cannot fix: \(report.unexpectedStatuses)")
-        #expect(report.statuses[500] == nil, "500s (DESIGN.md names 503 for a database that went away): \(report.statusExamples[500] ?? "")")
+        #expect(report.tally.statuses[500] == nil, "500s (DESIGN.md names 503 for a database that went away): \(report.tally.statusExamples[500] ?? "")")
         #expect(report.faults.conninfoChanged == false, "PostgreSQL's conninfo changed across a restart")
         #expect(report.faults.errors.isEmpty, "fault injection failed: \(report.faults.errors)")
         if kind.kills { #expect(report.faults.kills > 0) }
         if kind.restartsPostgres { #expect(report.faults.postgresRestarts > 0) }
-        if kind.crashesWorkers { #expect(report.crashesSeen > 0, "no worker crash was seen as a 502") }
+        if kind.crashesWorkers { #expect(report.tally.crashesSeen > 0, "no worker crash was seen as a 502") }
         if kind.injects40001 { #expect(report.injected40001 > 0, "the trigger injected no 40001") }
-        if kind.losesReplies { #expect(report.repliesLost > 0) }
+        if kind.losesReplies { #expect(report.tally.repliesLost > 0) }
         #expect(stopStatuses.allSatisfy { $0 == 0 }, "replica exit statuses on SIGTERM: \(stopStatuses)")
     }
 }
@@ -108,8 +108,8 @@ extension FaultCheckerTests {
         var body: String { kind == .incr ? "{}" : #"{"item":"\#(item)"}"# }
     }
 
-    struct ClientLog: Sendable {
-        var operations: [Operation] = []
+    /// What clients saw, summed over them with `add`.
+    struct Tally: Sendable {
         var retries = 0
         /// Answers by status; 0 counts transport failures (refused, reset, closed, timed out).
         var statuses: [Int: Int] = [:]
@@ -120,6 +120,22 @@ extension FaultCheckerTests {
         var transportErrors: [String] = []
         /// The first body seen for each non-2xx status.
         var statusExamples: [Int: String] = [:]
+
+        mutating func add(_ other: Tally) {
+            retries += other.retries
+            statuses.merge(other.statuses, uniquingKeysWith: +)
+            crashesAsked += other.crashesAsked
+            crashesSeen += other.crashesSeen
+            repliesLost += other.repliesLost
+            replayed += other.replayed
+            transportErrors += other.transportErrors.prefix(max(0, 5 - transportErrors.count))
+            statusExamples.merge(other.statusExamples) { first, _ in first }
+        }
+    }
+
+    struct ClientLog: Sendable {
+        var operations: [Operation] = []
+        var tally = Tally()
         /// Why the last operation that ran out of time did.
         var giveUp = ""
     }
@@ -428,14 +444,14 @@ extension FaultCheckerTests {
                 if !Self.withoutKeys { headers["Idempotency-Key"] = operation.key }
                 let client = connections[port] ?? TestHTTPClient(port: port, defaultHeaders: authorization)
                 connections[port] = nil
-                if crash { log.crashesAsked += 1 }
+                if crash { log.tally.crashesAsked += 1 }
                 if hangUp {
                     // The request goes out and the client hangs up before the answer, at once or up to 20 ms later:
                     // the retry may reach another replica while this one still runs it, or after it committed.
                     try? client.sendAndHangUp(
                         "POST", operation.path, body: operation.body, headers: headers,
                         after: Double.random(in: 0...0.02))
-                    log.repliesLost += 1
+                    log.tally.repliesLost += 1
                     lastFailure = "hung up"
                 } else {
                     do {
@@ -443,20 +459,20 @@ extension FaultCheckerTests {
                             "POST", operation.path, body: operation.body, headers: headers,
                             timeout: Self.attemptTimeout)
                         connections[port] = client
-                        log.statuses[response.status, default: 0] += 1
-                        if crash && response.status == 502 { log.crashesSeen += 1 }
+                        log.tally.statuses[response.status, default: 0] += 1
+                        if crash && response.status == 502 { log.tally.crashesSeen += 1 }
                         if (200..<300).contains(response.status) {
-                            if response.headers["idempotent-replayed"] == "true" { log.replayed += 1 }
+                            if response.headers["idempotent-replayed"] == "true" { log.tally.replayed += 1 }
                             return response
                         }
                         lastFailure = "\(response.status) \(response.text.prefix(300))"
-                        if log.statusExamples[response.status] == nil {
-                            log.statusExamples[response.status] = lastFailure
+                        if log.tally.statusExamples[response.status] == nil {
+                            log.tally.statusExamples[response.status] = lastFailure
                         }
                     } catch {
-                        log.statuses[0, default: 0] += 1
+                        log.tally.statuses[0, default: 0] += 1
                         lastFailure = "\(error)"
-                        if log.transportErrors.count < 5 { log.transportErrors.append("\(error)") }
+                        if log.tally.transportErrors.count < 5 { log.tally.transportErrors.append("\(error)") }
                     }
                 }
                 guard Date() < deadline else {
@@ -465,7 +481,7 @@ extension FaultCheckerTests {
                         + "attempts; last: \(lastFailure)"
                     return nil
                 }
-                log.retries += 1
+                log.tally.retries += 1
                 if hangUp {
                     // Soon, and half the time to the same replica: the first attempt may well still be running there.
                     if Bool.random() { target = (target + Int.random(in: 1..<Self.replicaCount)) % Self.replicaCount }
@@ -576,14 +592,7 @@ extension FaultCheckerTests {
     struct Report: Sendable {
         var tried = 0
         var acknowledged = 0
-        var retries = 0
-        var statuses: [Int: Int] = [:]
-        var crashesAsked = 0
-        var crashesSeen = 0
-        var repliesLost = 0
-        var replayed = 0
-        var transportErrors: [String] = []
-        var statusExamples: [Int: String] = [:]
+        var tally = Tally()
         var serverErrors: [String] = []
         var readyAfterFaults = false
         var faults: FaultCounts
@@ -604,20 +613,13 @@ extension FaultCheckerTests {
             for log in logs {
                 tried += log.operations.count
                 acknowledged += log.operations.filter(\.acknowledged).count
-                retries += log.retries
-                statuses.merge(log.statuses, uniquingKeysWith: +)
-                crashesAsked += log.crashesAsked
-                crashesSeen += log.crashesSeen
-                repliesLost += log.repliesLost
-                replayed += log.replayed
-                transportErrors += log.transportErrors.prefix(max(0, 5 - transportErrors.count))
-                statusExamples.merge(log.statusExamples) { first, _ in first }
+                tally.add(log.tally)
             }
         }
 
         /// Statuses that no retry turns into a 2xx: a request the gateway should never have refused.
         var unexpectedStatuses: [Int: Int] {
-            statuses.filter { status, _ in (400..<500).contains(status) && ![408, 409, 429].contains(status) }
+            tally.statuses.filter { status, _ in (400..<500).contains(status) && ![408, 409, 429].contains(status) }
         }
 
         /// A counter: acknowledged ≤ final ≤ attempted, and its acknowledged replies are distinct values in
@@ -674,10 +676,10 @@ extension FaultCheckerTests {
             let rate = kind.injects40001 ? "\(World.rate40001)" : "0"
             let parts = [
                 "fault checker [\(kind.rawValue)]: \(tried) ops tried, \(acknowledged) acknowledged, "
-                    + "\(retries) retries",
+                    + "\(tally.retries) retries",
                 "faults: \(faults.kills) kills, \(faults.postgresRestarts) pg restarts "
-                    + "(\(faults.postgresCrashes) immediate), \(crashesSeen) worker crashes, "
-                    + "\(repliesLost) replies lost, 40001 rate \(rate) (\(injected40001) injected)",
+                    + "(\(faults.postgresCrashes) immediate), \(tally.crashesSeen) worker crashes, "
+                    + "\(tally.repliesLost) replies lost, 40001 rate \(rate) (\(injected40001) injected)",
                 "lost \(lost), doubled \(doubled)",
                 String(format: "%.1f s", seconds),
             ]
@@ -685,12 +687,12 @@ extension FaultCheckerTests {
         }
 
         func details(kind: FaultKind) -> String {
-            let statusText = statuses.sorted { $0.key < $1.key }.map {
+            let statusText = tally.statuses.sorted { $0.key < $1.key }.map {
                 "\($0.key == 0 ? "transport" : "\($0.key)"): \($0.value)"
             }
             let parts = [
                 "fault checker [\(kind.rawValue)] details: statuses {\(statusText.joined(separator: ", "))}",
-                "\(replayed) answers replayed", "crashes asked \(crashesAsked), seen as 502 \(crashesSeen)",
+                "\(tally.replayed) answers replayed", "crashes asked \(tally.crashesAsked), seen as 502 \(tally.crashesSeen)",
                 "phantoms \(phantoms)", "reply anomalies \(replyAnomalies)",
                 "replica disagreements \(replicaDisagreements)", "replay probe failures \(probeFailures)",
                 "clients ran " + String(format: "%.1f s", clientSeconds),
@@ -698,14 +700,14 @@ extension FaultCheckerTests {
             var text = parts.joined(separator: "; ")
             if !examples.isEmpty { text += "\n  examples: " + examples.joined(separator: "\n    ") }
             if !probeNotes.isEmpty { text += "\n  probes: " + probeNotes.prefix(5).joined(separator: "\n    ") }
-            if !statusExamples.isEmpty {
-                let answers = statusExamples.sorted { $0.key < $1.key }.map(\.value)
+            if !tally.statusExamples.isEmpty {
+                let answers = tally.statusExamples.sorted { $0.key < $1.key }.map(\.value)
                 text += "\n  answers: " + answers.joined(separator: "\n    ")
             }
             if !serverErrors.isEmpty {
                 text += "\n  500s in the replicas' logs: " + serverErrors.joined(separator: "\n    ")
             }
-            if !transportErrors.isEmpty { text += "\n  transport errors: " + transportErrors.joined(separator: "; ") }
+            if !tally.transportErrors.isEmpty { text += "\n  transport errors: " + tally.transportErrors.joined(separator: "; ") }
             if !faults.errors.isEmpty { text += "\n  fault errors: " + faults.errors.joined(separator: "; ") }
             if let abortReason { text += "\n  aborted: " + abortReason }
             return text

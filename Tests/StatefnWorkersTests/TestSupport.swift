@@ -4,6 +4,7 @@ import Foundation
 import Glibc
 import Logging
 import StatefnJSON
+import StatefnTestSupport
 import Synchronization
 import Testing
 
@@ -109,44 +110,6 @@ func eventuallyValue<T>(
 
 // MARK: The process table
 
-/// One process as /proc/<pid>/stat shows it (proc(5)). `command` is what exec made it: a script that exec'd into
-/// `sleep` shows as `sleep`, and its command line no longer names the script.
-struct ProcessEntry: Sendable, Equatable, CustomStringConvertible {
-    let pid: Int32
-    let command: String
-    /// `Z` for a zombie.
-    let state: Character
-    let ppid: Int32
-    let pgid: Int32
-    /// Clock ticks after boot: tells a process from a later one that got its pid.
-    let startTicks: UInt64
-
-    var description: String { "\(pid) (\(command)) \(state) ppid \(ppid) pgid \(pgid)" }
-
-    init?(pid: Int32) {
-        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/stat") else { return nil }
-        let stat = String(decoding: data, as: UTF8.self)
-        guard let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { return nil }
-        // Fields after the command name, from field 3: state, ppid, pgrp, session, ..., starttime (field 22).
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 19, let state = fields[0].first, let ppid = Int32(fields[1]),
-            let pgid = Int32(fields[2]), let start = UInt64(fields[19])
-        else { return nil }
-        self.pid = pid
-        self.command = String(stat[stat.index(after: open)..<close])
-        self.state = state
-        self.ppid = ppid
-        self.pgid = pgid
-        self.startTicks = start
-    }
-}
-
-/// Every process, zombies included, from /proc/*/stat.
-func processTable() -> [ProcessEntry] {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return entries.compactMap { Int32($0) }.compactMap { ProcessEntry(pid: $0) }
-}
-
 /// Whether `pid`'s chain of parents (`parents`: pid to ppid, from one look at the table) reaches `ancestor`.
 func descends(_ pid: Int32, from ancestor: Int32, parents: [Int32: Int32]) -> Bool {
     var next = parents[pid]
@@ -173,7 +136,7 @@ func remains(of worker: ProcessEntry, in table: [ProcessEntry] = processTable())
 /// Whether the worker itself is still running (a zombie is dead: it only waits to be reaped).
 func isAlive(_ worker: ProcessEntry) -> Bool {
     guard let now = ProcessEntry(pid: worker.pid), now.startTicks == worker.startTicks else { return false }
-    return now.state != "Z"
+    return now.isRunning
 }
 
 /// What is left of the worker the pool spawned as `pid` (a pid known without its start time): a process with that
