@@ -163,18 +163,26 @@ final class Committer: Sendable {
                 case .unchanged: break
                 }
                 return try decided.response()
-            case .conflict:
+            case let outcome:  // .conflict or .notLanded: run again on a fresh read, within the budget
                 cache.remove(input.key)
                 logger.debug(
-                    "version conflict", metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])
+                    outcome == .conflict ? "version conflict" : "commit did not land; running again",
+                    metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])
                 let now = clock.now
                 guard now < deadline else {
                     // A commit read back after a lost COMMIT, or a twin through another replica, may have stored
-                    // this key's answer just now: that answer, not a 409, is the truth.
+                    // this key's answer just now: that answer, not an error, is the truth.
                     if let claim = input.claim, let stored = try await store.record(for: claim),
                         stored.fingerprint == claim.fingerprint
                     {
-                                return stored.response()
+                        return stored.response()
+                    }
+                    if outcome == .notLanded {
+                        throw GatewayError(
+                            503,
+                            "the database kept failing the commit; nothing was committed after \(attempt) runs in"
+                                + " \(configuration.conflictBudget); try again",
+                            headers: [(name: "Retry-After", value: "1")])
                     }
                     throw GatewayError(
                         409,
