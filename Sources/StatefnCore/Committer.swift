@@ -59,10 +59,19 @@ final class Committer: Sendable {
     private let inFlight = IdempotencyInFlight()
     private let gate = Mutex(CommitGate())
     private let logger: Logger
+    /// Told after a commit that wrote effects (with the soonest delay) or events: the dispatcher and the event
+    /// feed of this replica need not wait for their next poll.
+    private let onEffects: @Sendable (Int64) -> Void
+    private let onEvents: @Sendable () -> Void
 
-    init(configuration: CommitterConfiguration, store: EntityStore, logger: Logger) {
+    init(
+        configuration: CommitterConfiguration, store: EntityStore, logger: Logger,
+        onEffects: @escaping @Sendable (Int64) -> Void = { _ in }, onEvents: @escaping @Sendable () -> Void = {}
+    ) {
         self.configuration = configuration
         self.store = store
+        self.onEffects = onEffects
+        self.onEvents = onEvents
         self.cache = StateCache(capacity: configuration.cacheEntries, byteBudget: configuration.cacheBytes)
         self.logger = logger
     }
@@ -153,6 +162,8 @@ final class Committer: Sendable {
 
             switch try await commitThroughGate(request, lease: input.lease) {
             case .committed(let version):
+                if let soonest = request.effects.map(\.delayMs).min() { onEffects(soonest) }
+                if !request.events.isEmpty { onEvents() }
                 switch request.change {
                 case .replace(let encoded):
                     cache.put(
@@ -288,17 +299,35 @@ final class Committer: Sendable {
             }
             change = .replace(encoded)
         }
+        let events = try answer.events.map { event throws(GatewayError) in
+            try checked(event, "an event", limit: manifest.maxStateBytes)
+        }
+        let effects = try answer.effects.map { effect throws(GatewayError) -> CommitRequest.Effect in
+            .init(
+                function: effect.function, entity: effect.entity, command: effect.command,
+                payload: try checked(effect.payload, "an effect's payload", limit: manifest.maxStateBytes),
+                delayMs: effect.delayMs)
+        }
         let request = CommitRequest(
-            key: input.key, seenVersion: snapshot.version, change: change,
-            events: answer.events.map { $0.encodedString() },
-            effects: answer.effects.map {
-                .init(
-                    function: $0.function, entity: $0.entity, command: $0.command, payload: $0.payload.encodedString(),
-                    delayMs: $0.delayMs)
-            },
+            key: input.key, seenVersion: snapshot.version, change: change, events: events, effects: effects,
             principal: input.principal)
         return request.isVersionCheck ? nil : request
     }
+}
+
+/// An event or effect payload, encoded, refused like a state would be: over `limit` bytes (413), or holding a
+/// number jsonb cannot keep exactly (502). Nothing of the answer commits.
+private func checked(_ value: JSONValue, _ what: String, limit: Int) throws(GatewayError) -> String {
+    let encoded = value.encodedString()
+    guard encoded.utf8.count <= limit else {
+        throw GatewayError(413, "\(what) is \(encoded.utf8.count) bytes, over max_state_bytes (\(limit))")
+    }
+    if let number = EntityStore.numberBeyondJSONB(value) {
+        throw GatewayError(
+            502, "the function returned \(what) the database cannot keep exactly; nothing was committed",
+            logDetail: "\(what) holds \(number): jsonb would store it as an integer beyond 64 bits")
+    }
+    return encoded
 }
 
 /// Whether commits may start, and how many are under way.

@@ -81,9 +81,14 @@ final class EntityStore: Sendable {
     /// Transaction attempts on 40001/40P01 before giving up.
     private let maxTransactionAttempts = 8
 
-    init(pool: PostgresPool, logger: Logger) {
+    /// Whether a commit with events or effects sends NOTIFY (PostgreSQL), to wake other replicas' dispatchers and
+    /// feeds; CockroachDB has none, and they poll.
+    private let notifies: Bool
+
+    init(pool: PostgresPool, logger: Logger, notifies: Bool = false) {
         self.pool = pool
         self.logger = logger
+        self.notifies = notifies
     }
 
     func load(_ key: EntityKey) async throws -> EntitySnapshot { try await loadMeasured(key).snapshot }
@@ -112,6 +117,19 @@ final class EntityStore: Sendable {
             let body = row[2]
         else { return nil }
         return StoredAnswer(fingerprint: hash, status: status, body: body, etag: row[3])
+    }
+
+    /// A page of `function`'s entities (tombstones left out), ordered by id; the database's collation decides the
+    /// order (bytes under the C collation of the embedded cluster, and on CockroachDB).
+    func list(_ function: String, prefix: String, after: String, limit: Int) async throws -> [[String?]] {
+        try await pool.read(
+            """
+            SELECT entity_id, version, CAST(extract(epoch FROM updated_at) * 1000 AS bigint) FROM entities
+            WHERE function = $1 AND entity_id > $2 AND entity_id >= $3 AND substr(entity_id, 1, length($3)) = $3
+                AND state <> 'null'::jsonb
+            ORDER BY entity_id LIMIT $4::bigint
+            """, [function, after, prefix, String(limit)]
+        ).rows
     }
 
     /// Deletes up to `limit` expired idempotency records; returns how many went.
@@ -150,7 +168,7 @@ final class EntityStore: Sendable {
                 return try await pool.withConnection { connection in
                     let backend = connection.backendPID
                     do {
-                        return try Self.commit(request, on: connection)
+                        return try Self.commit(request, on: connection, notifies: self.notifies)
                     } catch var error as OutcomeUnknown {
                         error.backend = backend
                         throw error
@@ -241,7 +259,9 @@ final class EntityStore: Sendable {
         var backend: Int32?
     }
 
-    private static func commit(_ request: CommitRequest, on db: PostgresConnection) throws -> CommitOutcome {
+    private static func commit(_ request: CommitRequest, on db: PostgresConnection, notifies: Bool) throws
+        -> CommitOutcome
+    {
         let key = request.key
         if request.isVersionCheck {
             let result = try db.execute(
@@ -286,6 +306,9 @@ final class EntityStore: Sendable {
                      key.function, key.entity])
             }
             if let record = request.record { _ = try insertRecord(record, onlyIfAt: nil, on: db) }
+            // Delivered at COMMIT, and only if it commits.
+            if notifies, !request.effects.isEmpty { _ = try db.execute("SELECT pg_notify('statefn_outbox', '')") }
+            if notifies, !request.events.isEmpty { _ = try db.execute("SELECT pg_notify('statefn_events', '')") }
         } catch let error as PostgresError where error.sqlState == "23505" {
             // A twin under the same idempotency key, or another writer's event with the same seq, got there first.
             return .conflict

@@ -11,6 +11,10 @@ import Synchronization
 public struct GatewayConfiguration: Sendable {
     /// The conflict budget, the state cache and idempotency: see `CommitterConfiguration`.
     public var commits = CommitterConfiguration()
+    public var outbox = OutboxConfiguration()
+    public var feed = EventFeedConfiguration()
+    /// Whether commits with effects or events send NOTIFY (PostgreSQL; not CockroachDB).
+    public var notify = false
     public init() {}
 }
 
@@ -21,6 +25,11 @@ public final class Gateway: Sendable {
     private let pool: PostgresPool
     private let store: EntityStore
     private let committer: Committer
+    private let dispatcher: OutboxDispatcher
+    private let outbox: OutboxStore
+    private let feed: EventFeed
+    private let events: EventStore
+    private let expiry: ExpiryStore
     private let logger: Logger
     private let draining = Atomic<Bool>(false)
     /// nil only with `--insecure-no-auth`: every call is then anonymous and allowed.
@@ -35,9 +44,72 @@ public final class Gateway: Sendable {
         self.catalog = Mutex(catalog)
         self.workers = workers
         self.pool = pool
-        self.store = EntityStore(pool: pool, logger: logger)
-        self.committer = Committer(configuration: configuration.commits, store: store, logger: logger)
+        self.store = EntityStore(pool: pool, logger: logger, notifies: configuration.notify)
+        let dispatcher = OutboxDispatcher(configuration: configuration.outbox, pool: pool, logger: logger)
+        let feed = EventFeed(configuration: configuration.feed, pool: pool, logger: logger)
+        self.dispatcher = dispatcher
+        self.feed = feed
+        self.outbox = OutboxStore(pool: pool)
+        self.events = EventStore(pool: pool)
+        self.expiry = ExpiryStore(pool: pool)
+        self.committer = Committer(
+            configuration: configuration.commits, store: store, logger: logger,
+            onEffects: { dispatcher.wake(afterMs: $0) }, onEvents: { feed.wake() })
         self.logger = logger
+    }
+
+    /// A NOTIFY arrived (another replica committed effects or events).
+    public func notified(_ channel: String) {
+        switch channel {
+        case "statefn_outbox": dispatcher.wake()
+        case "statefn_events": feed.wake()
+        default: break
+        }
+    }
+
+    /// The outbox dispatcher, until cancelled: it claims due effects and timers and runs each as a command.
+    public func runDispatcher() async {
+        await dispatcher.run { [self] row in await runEffect(row) }
+    }
+
+    /// The live event feed, until cancelled.
+    public func runEventFeed() async { await feed.run() }
+
+    /// Ends every live event stream (clients reconnect elsewhere with Last-Event-ID) and takes no new ones.
+    public func closeEventStreams() { feed.close() }
+
+    /// Expires entities and events past their functions' `state_ttl_ms` and `events_ttl_ms`, every `interval`, in
+    /// batches of 500, until cancelled.
+    public func sweepExpired(every interval: Duration) async {
+        while !Task.isCancelled {
+            let manifests = catalog.withLock { $0.functions.mapValues(\.manifest) }
+            for (function, manifest) in manifests.sorted(by: { $0.key < $1.key }) where !Task.isCancelled {
+                do {
+                    if manifest.stateTTLMs > 0 {
+                        var total = 0
+                        while case let count = try await expiry.expireStates(
+                            of: function, ttlMs: manifest.stateTTLMs, limit: 500), count > 0
+                        {
+                            total += count
+                            if count < 500 || Task.isCancelled { break }
+                        }
+                        // Cached copies elsewhere go stale like after any other writer: their next commit loses its
+                        // compare-and-set and reloads.
+                        if total > 0 {
+                            logger.info("entities expired", metadata: ["function": "\(function)", "count": "\(total)"])
+                        }
+                    }
+                    if manifest.eventsTTLMs > 0 {
+                        while try await expiry.expireEvents(of: function, ttlMs: manifest.eventsTTLMs, limit: 500)
+                            == 500, !Task.isCancelled
+                        {}
+                    }
+                } catch {
+                    logger.warning("expiry sweep failed", metadata: ["function": "\(function)", "error": "\(error)"])
+                }
+            }
+            try? await Task.sleep(for: interval)
+        }
     }
 
     /// Swaps in a rescanned functions directory (hot reload): new requests see the new functions at once.
@@ -59,8 +131,50 @@ public final class Gateway: Sendable {
     }
 
     public func handle(_ request: HTTPRequest) async -> HTTPResponse {
-        let started = ContinuousClock.now
+        await handle(request, context: RequestContext())
+    }
+
+    /// Runs one outbox row as the command (or action) it names, as its source's principal, with the row's id as
+    /// its Idempotency-Key, through the same path as a client's request.
+    func runEffect(_ row: OutboxRow) async -> EffectOutcome {
+        let sourceManifest = catalog.withLock { $0.functions[row.sourceFunction]?.manifest }
+        let scopes = sourceManifest.map { $0.effectScopes.isEmpty ? ["invoke:\(row.sourceFunction)"] : $0.effectScopes }
         var context = RequestContext()
+        context.effectPrincipal = Principal(
+            subject: "fn:\(row.sourceFunction)/\(row.sourceEntity)", scopes: scopes ?? [])
+        var path = "/v1/" + row.function
+        if let entity = row.entity { path += "/" + Self.percentEncoded(entity) }
+        path += "/" + row.command
+        let request = HTTPRequest(
+            method: "POST", path: path, query: [],
+            headers: HTTPHeaders([("content-type", "application/json"), ("idempotency-key", row.id)]),
+            body: Array(row.payload.utf8), requestID: "effect-\(row.id)-\(row.attempts)")
+        let response = await handle(request, context: context)
+        response.afterSending?()
+        let detail = (try? JSONValue.parse(response.body, limits: JSONLimits(maxBytes: .max, maxDepth: 64)))?["detail"]?
+            .stringValue ?? ""
+        return EffectOutcome(status: response.status, detail: detail)
+    }
+
+    /// Every byte but the unreserved ones as %XX, so that any valid id survives `Route.parse`.
+    private static func percentEncoded(_ text: String) -> String {
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."),
+                UInt8(ascii: "~"):
+                out.append(byte)
+            default: out += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private func handle(_ request: HTTPRequest, context: RequestContext) async -> HTTPResponse {
+        let started = ContinuousClock.now
+        var context = context
         var response: HTTPResponse
         do {
             response = try await route(request, &context)
@@ -89,6 +203,38 @@ public final class Gateway: Sendable {
         case .functions:
             _ = try await authorize(request, &context, .admin, function: nil, entity: nil, isPublic: false)
             return await listFunctions()
+        case .outbox:
+            _ = try await authorize(request, &context, .admin, function: nil, entity: nil, isPublic: false)
+            return try await listOutbox(request)
+        case .outboxRetry(let id):
+            _ = try await authorize(request, &context, .admin, function: nil, entity: nil, isPublic: false)
+            guard OutboxStore.isUUID(id) else { throw GatewayError(400, "an outbox id is a UUID") }
+            guard try await outbox.revive(id) else {
+                throw try await outbox.exists(id)
+                    ? GatewayError(409, "outbox row \(id) is not dead-lettered; it is pending already")
+                    : GatewayError(404, "no outbox row \(id)")
+            }
+            dispatcher.wake()
+            return .json(["id": .string(id), "state": "pending"])
+        case .list(let function):
+            context.function = function
+            _ = try await lookup(function, stateless: false, request, &context, .read, entity: nil)
+            _ = try await authorize(request, &context, .read, function: function, entity: nil, isPublic: false)
+            return try await listEntities(function, request)
+        case .delete(let function, let entity):
+            context.function = function
+            context.entity = entity
+            let definition = try await lookup(function, stateless: false, request, &context, .admin, entity: entity)
+            let principal = try await authorize(
+                request, &context, .admin, function: function, entity: entity, isPublic: false)
+            return try await deleteEntity(
+                definition, entity: entity, request: request, principal: principal, lease: context.lease)
+        case .events(let function, let entity):
+            context.function = function
+            context.entity = entity
+            _ = try await lookup(function, stateless: false, request, &context, .read, entity: entity)
+            _ = try await authorize(request, &context, .read, function: function, entity: entity, isPublic: false)
+            return try await eventLog(EntityKey(function: function, entity: entity), request)
         case .command(let function, let entity, let command, let readonly):
             context.function = function
             context.entity = entity
@@ -174,11 +320,21 @@ public final class Gateway: Sendable {
         _ request: HTTPRequest, _ context: inout RequestContext, _ action: ScopeAction, function: String?,
         entity: String?, isPublic: Bool
     ) async throws -> Principal? {
+        if let principal = context.effectPrincipal {
+            // An effect: its source function's scopes decide, with authentication on or off.
+            context.subject = principal.subject
+            if !isPublic { try Authenticator.authorize(principal, action, function: function, entity: entity) }
+            return principal
+        }
         guard let authenticator else { return nil }
         guard let principal = try await authenticator.authenticate(authorization: request.headers["authorization"])
         else {
             if isPublic { return nil }
             throw AuthError(.missing, "credentials are required: Authorization: Bearer <API key or JWT>")
+        }
+        guard !principal.subject.hasPrefix("fn:") else {
+            // `fn:<function>/<entity>` is how a function's effects are known; no credential may pass as one.
+            throw AuthError(.invalidClaims, "subjects starting with fn: are reserved for functions' effects")
         }
         context.subject = principal.subject
         try authenticator.admit(principal)
@@ -299,6 +455,112 @@ public final class Gateway: Sendable {
         (name: "ETag", value: "\"\(version)\"")
     }
 
+    // MARK: Deletes, lists, the event log and the outbox
+
+    /// `DELETE /v1/{function}/{entity}`: a commit like a command's (If-Match, the cache rule, Idempotency-Key),
+    /// whose answer is the delete. The event log stays.
+    private func deleteEntity(
+        _ definition: FunctionDefinition, entity: String, request: HTTPRequest, principal: Principal?,
+        lease: CommitLease
+    ) async throws -> HTTPResponse {
+        let key = EntityKey(function: definition.name, entity: entity)
+        let ifMatch = request.headers["if-match"]
+        let claim = try IdempotencyClaim.parse(header: request.headers["idempotency-key"]).map { token in
+            IdempotencyClaim(
+                caller: principal?.subject ?? "", key: key, token: token,
+                fingerprint: IdempotencyClaim.fingerprint(command: "DELETE", ifMatch: ifMatch, body: []))
+        }
+        let input = CommandInput(
+            key: key, manifest: definition.manifest, expectedVersion: try Self.ifMatch(request), claim: claim,
+            principal: principal?.json.encodedString() ?? "null", requestID: request.requestID, lease: lease)
+        return try await committer.execute(input) { snapshot in
+            guard snapshot.exists else {
+                throw WorkerAnswer.refusal(404, "entity \(entity) has no state: it was never written, or it was deleted")
+            }
+            return try WorkerAnswer(["reply": ["deleted": true, "version": .integer(snapshot.version + 1)], "delete": true])
+        }
+    }
+
+    /// `GET /v1/{function}?prefix=&after=&limit=`.
+    private func listEntities(_ function: String, _ request: HTTPRequest) async throws -> HTTPResponse {
+        let query = Dictionary(request.query.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
+        let limit = try Self.limit(query["limit"], default: 100)
+        let rows = try await store.list(function, prefix: query["prefix"] ?? "", after: query["after"] ?? "", limit: limit)
+        let entities: [JSONValue] = rows.map { row in
+            [
+                "id": .string(row[0] ?? ""), "version": .integer(row[1].flatMap { Int64($0) } ?? 0),
+                "updated_at": .string(Timestamp.rfc3339(ms: row[2].flatMap { Int64($0) } ?? 0)),
+            ]
+        }
+        let next: JSONValue = rows.count == limit ? .string(rows.last?[0] ?? "") : .null
+        return .json(["entities": .array(entities), "next": next])
+    }
+
+    /// `GET /v1/{function}/{entity}/events`: a page, or with `Accept: text/event-stream` the live feed.
+    private func eventLog(_ key: EntityKey, _ request: HTTPRequest) async throws -> HTTPResponse {
+        let query = Dictionary(request.query.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
+        var after: Int64 = 0
+        if let text = request.headers["last-event-id"]?.trimmingSpaces ?? query["after"] {
+            guard let value = Int64(text), value >= 0 else {
+                throw GatewayError(400, "after (or Last-Event-ID) must be a non-negative event seq")
+            }
+            after = value
+        }
+        let wantsStream = request.headers["accept"]?.split(separator: ",").contains {
+            $0.split(separator: ";").first?.trimmingSpaces.lowercased() == "text/event-stream"
+        } ?? false
+        if wantsStream {
+            guard let stream = feed.subscribe(key, after: after) else {
+                throw GatewayError(
+                    503, "this replica has as many live event subscribers as it takes; try again, or another replica",
+                    headers: [(name: "Retry-After", value: "5")])
+            }
+            var response = HTTPResponse(
+                status: 200,
+                headers: [
+                    (name: "Content-Type", value: "text/event-stream"), (name: "Cache-Control", value: "no-cache"),
+                    (name: "X-Accel-Buffering", value: "no"),
+                ])
+            response.stream = stream
+            return response
+        }
+        let limit = try Self.limit(query["limit"], default: 100)
+        let page = try await events.events(of: key, after: after, limit: limit)
+        return .json(["events": .array(page.map(\.json)), "last_seq": .integer(page.last?.seq ?? after)])
+    }
+
+    /// `GET /v1/outbox?state=pending|dead&limit=`.
+    private func listOutbox(_ request: HTTPRequest) async throws -> HTTPResponse {
+        let query = Dictionary(request.query.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
+        let dead: Bool
+        switch query["state"] ?? "pending" {
+        case "pending": dead = false
+        case "dead": dead = true
+        default: throw GatewayError(400, "state must be pending or dead")
+        }
+        let rows = try await outbox.list(dead: dead, limit: try Self.limit(query["limit"], default: 100))
+        let effects: [JSONValue] = rows.map { row in
+            [
+                "id": .string(row[0] ?? ""), "function": .string(row[1] ?? ""),
+                "entity": row[2].map(JSONValue.string) ?? .null, "command": .string(row[3] ?? ""),
+                "attempts": .integer(row[4].flatMap { Int64($0) } ?? 0),
+                "last_error": row[5].map(JSONValue.string) ?? .null,
+                "not_before": .string(Timestamp.rfc3339(ms: row[6].flatMap { Int64($0) } ?? 0)),
+                "source_function": .string(row[7] ?? ""), "source_entity": .string(row[8] ?? ""),
+            ]
+        }
+        return .json(["effects": .array(effects)])
+    }
+
+    /// `limit`: 1 to 1000, `fallback` when absent.
+    private static func limit(_ text: String?, default fallback: Int) throws(GatewayError) -> Int {
+        guard let text else { return fallback }
+        guard let value = Int(text), (1...1000).contains(value) else {
+            throw GatewayError(400, "limit must be a whole number from 1 to 1000")
+        }
+        return value
+    }
+
     // MARK: Listing, readiness and logs
 
     /// `GET /v1/functions`: each function with its manifest and its pools' live state (an old generation that is
@@ -374,6 +636,8 @@ public final class Gateway: Sendable {
 
 struct RequestContext {
     let lease = CommitLease()
+    /// Set for an outbox row's run: the source function's principal, in place of the request's credentials.
+    var effectPrincipal: Principal?
     var function: String?
     var entity: String?
     var command: String?

@@ -10,6 +10,16 @@ public enum Route: Equatable, Sendable {
     case action(function: String, command: String)
     /// `GET /v1/{function}/{entity}`: raw state and version.
     case rawState(function: String, entity: String)
+    /// `DELETE /v1/{function}/{entity}`: deletes the state (admin; If-Match applies).
+    case delete(function: String, entity: String)
+    /// `GET /v1/{function}/{entity}/events`: the event log, or with `Accept: text/event-stream` the live feed.
+    case events(function: String, entity: String)
+    /// `GET /v1/{function}?prefix=&after=&limit=`: entity ids, versions and update times.
+    case list(function: String)
+    /// `GET /v1/outbox?state=pending|dead`.
+    case outbox
+    /// `POST /v1/outbox/{id}/retry`: a dead row made pending again.
+    case outboxRetry(id: String)
     /// `GET /v1/functions`: the functions, their manifests and live pool state.
     case functions
     case healthz
@@ -49,6 +59,17 @@ extension Route {
         switch segments.count {
         case 1 where segments[0] == "functions":
             return try only("GET", method, .functions)
+        case 1 where segments[0] == "outbox":
+            return try only("GET", method, .outbox)
+        case 1:
+            try validateFunction(segments[0])
+            return try only("GET", method, .list(function: segments[0]))
+        case 3 where segments[0] == "outbox" && segments[2] == "retry":
+            return try only("POST", method, .outboxRetry(id: segments[1]))
+        case 3 where segments[2] == "events":
+            try validateFunction(segments[0])
+            try validateEntity(segments[1])
+            return try only("GET", method, .events(function: segments[0], entity: segments[1]))
         case 2:
             let (function, second) = (segments[0], segments[1])
             try validateFunction(function)
@@ -59,7 +80,10 @@ extension Route {
             case "GET":
                 try validateEntity(second)
                 return .rawState(function: function, entity: second)
-            default: throw RouteError(405, "\(method) is not allowed here", allow: ["GET", "POST"])
+            case "DELETE":
+                try validateEntity(second)
+                return .delete(function: function, entity: second)
+            default: throw RouteError(405, "\(method) is not allowed here", allow: ["GET", "POST", "DELETE"])
             }
         case 3:
             let (function, entity, command) = (segments[0], segments[1], segments[2])
@@ -80,13 +104,15 @@ extension Route {
         return route
     }
 
-    /// `[a-z][a-z0-9_-]{0,62}`; `functions` is reserved for the listing route.
+    /// `[a-z][a-z0-9_-]{0,62}`; `functions` and `outbox` are reserved for their routes.
     public static func validateFunction(_ name: String) throws(RouteError) {
         guard isFunctionName(name) else {
             throw RouteError(400, "invalid function name: it must match [a-z][a-z0-9_-]{0,62}")
         }
-        guard name != "functions" else { throw RouteError(404, "'functions' is a reserved name") }
+        guard !reservedFunctionNames.contains(name) else { throw RouteError(404, "'\(name)' is a reserved name") }
     }
+
+    public static let reservedFunctionNames: Set<String> = ["functions", "outbox"]
 
     /// The same rule the function catalog applies to file names.
     public static func isFunctionName(_ name: String) -> Bool { FunctionCatalog.isFunctionName(name) }

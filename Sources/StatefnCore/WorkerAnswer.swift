@@ -41,30 +41,55 @@ struct WorkerAnswer {
         }
         switch object["events"] {
         case nil, .null?: events = []
-        case .array(let list)?: events = list
+        case .array(let list)? where list.count <= 1000: events = list
+        case .array?: throw Self.broken("more than 1000 events in one answer")
         default: throw Self.broken("\"events\" must be an array")
         }
         switch object["effects"] {
         case nil, .null?: effects = []
-        case .array(let list)?: effects = try list.map { effect throws(GatewayError) in try Self.effect(effect) }
+        case .array(let list)? where list.count <= 1000:
+            effects = try list.map { effect throws(GatewayError) in try Self.effect(effect) }
+        case .array?: throw Self.broken("more than 1000 effects in one answer")
         default: throw Self.broken("\"effects\" must be an array")
         }
     }
 
     private static func effect(_ value: JSONValue) throws(GatewayError) -> Effect {
-        guard let function = value["function"]?.stringValue, Route.isFunctionName(function),
-            let command = value["command"]?.stringValue
-        else { throw broken("an effect needs a valid \"function\" and \"command\"") }
+        // Names are checked as a client's would be: a row that could never run is refused before it commits.
+        guard let function = value["function"]?.stringValue, (try? Route.validateFunction(function)) != nil else {
+            throw broken("an effect needs a valid \"function\" name")
+        }
+        guard let command = value["command"]?.stringValue, (try? Route.validateCommand(command)) != nil else {
+            throw broken("an effect needs a valid \"command\" name")
+        }
         let entity: String?
         switch value["entity"] {
         case nil, .null?: entity = nil
-        case .string(let id)?: entity = id
+        case .string(let id)?:
+            guard (try? Route.validateEntity(id)) != nil else { throw broken("an effect's \"entity\" is not a valid id") }
+            entity = id
         default: throw broken("an effect's \"entity\" must be a string")
         }
-        let delay = value["delay_ms"]?.integerValue ?? 0
-        guard delay >= 0 else { throw broken("an effect's \"delay_ms\" must not be negative") }
+        let delay: Int64
+        switch value["delay_ms"] {
+        case nil, .null?: delay = 0
+        case let number?:
+            // At most about ten years: a timer further out is a bug, and would overflow the database's interval.
+            guard let milliseconds = number.integerValue, (0...315_360_000_000).contains(milliseconds) else {
+                throw broken("an effect's \"delay_ms\" must be a whole number of milliseconds from 0 to ten years")
+            }
+            delay = milliseconds
+        }
         return Effect(
             function: function, entity: entity, command: command, payload: value["payload"] ?? .null, delayMs: delay)
+    }
+
+    /// A refusal decided by the gateway itself, handled like a function's business error (nothing commits, and
+    /// an answer from a cached snapshot is confirmed against the database first).
+    static func refusal(_ status: Int, _ message: String) -> GatewayError {
+        var error = GatewayError(status, message)
+        error.isBusinessError = true
+        return error
     }
 
     private static func businessError(_ error: JSONValue) -> GatewayError {

@@ -8,6 +8,8 @@ public struct HTTPResponse: Sendable {
     public var body: [UInt8]
     /// Runs once the response has been handed to the connection, off the client's critical path: for access logs.
     public var afterSending: (@Sendable () -> Void)?
+    /// A body written while it is sent (chunked, no Content-Length); `body` is then ignored.
+    public var stream: HTTPStream?
 
     public init(status: Int, headers: [(name: String, value: String)] = [], body: [UInt8] = []) {
         self.status = status

@@ -161,9 +161,14 @@ extension ServerCore {
             logger.error("handler returned an invalid status", metadata: ["status": "\(response.status)"])
             response = .problem(status: 500, detail: "Invalid response.", requestID: context.requestID)
         }
-        let created = response.body.withUnsafeBytes { body in
-            MHD_create_response_from_buffer(
-                body.count, UnsafeMutableRawPointer(mutating: body.baseAddress), .RESPMEM_MUST_COPY)
+        let created: OpaquePointer?
+        if let stream = response.stream {
+            created = streamingResponse(stream, for: context)
+        } else {
+            created = response.body.withUnsafeBytes { body in
+                MHD_create_response_from_buffer(
+                    body.count, UnsafeMutableRawPointer(mutating: body.baseAddress), .RESPMEM_MUST_COPY)
+            }
         }
         guard let created else { return .NO }
         defer { MHD_destroy_response(created) }
@@ -176,6 +181,61 @@ extension ServerCore {
         if quiescing.load(ordering: .relaxed) { MHD_add_response_header(created, "Connection", "close") }
         return MHD_queue_response(context.connection, UInt32(response.status), created)
     }
+}
+
+extension ServerCore {
+    /// A chunked response read from `stream`, registered so that `stop` can end it. Wraps
+    /// MHD_create_response_from_callback; the binding is released by the free callback.
+    fileprivate func streamingResponse(_ stream: HTTPStream, for context: RequestContext) -> OpaquePointer? {
+        let registered = state.withLock { state -> Bool in
+            guard case .running = state.lifecycle, !stopping.load(ordering: .sequentiallyConsistent) else {
+                return false
+            }
+            state.streams[ObjectIdentifier(stream)] = stream
+            return true
+        }
+        if !registered { stream.finish() }
+        stream.attach(to: context.connection)
+        let binding = Unmanaged.passRetained(StreamBinding(stream: stream, core: self))
+        guard
+            let response = MHD_create_response_from_callback(
+                UInt64.max, 32 << 10, readStream, binding.toOpaque(), releaseStream)
+        else {
+            binding.takeRetainedValue().release()
+            return nil
+        }
+        return response
+    }
+
+    fileprivate func forget(_ stream: HTTPStream) {
+        state.withLock { _ = $0.streams.removeValue(forKey: ObjectIdentifier(stream)) }
+    }
+}
+
+/// What libmicrohttpd's stream callbacks get as `cls`.
+private final class StreamBinding {
+    let stream: HTTPStream
+    let core: ServerCore
+    init(stream: HTTPStream, core: ServerCore) {
+        self.stream = stream
+        self.core = core
+    }
+    func release() {
+        stream.released()
+        core.forget(stream)
+    }
+}
+
+private func readStream(cls: UnsafeMutableRawPointer?, position: UInt64, buffer: UnsafeMutablePointer<CChar>?, max: Int)
+    -> Int
+{
+    guard let cls, let buffer else { return -2 }
+    return Unmanaged<StreamBinding>.fromOpaque(cls).takeUnretainedValue().stream.read(into: buffer, max: max)
+}
+
+private func releaseStream(cls: UnsafeMutableRawPointer?) {
+    guard let cls else { return }
+    Unmanaged<StreamBinding>.fromOpaque(cls).takeRetainedValue().release()
 }
 
 /// Reads one kind of connection value into an array, without a retained box: the iterator writes through `cls`.

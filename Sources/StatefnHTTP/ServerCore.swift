@@ -28,6 +28,8 @@ final class ServerCore: Sendable {
         /// Connections suspended while their handler runs. Each must be resumed exactly once: by its Task, or by
         /// `stop` with a 503 if the Task is still running when the daemon goes.
         var suspended: [ObjectIdentifier: RequestContext] = [:]
+        /// Streaming responses libmicrohttpd still holds; `stop` ends each, so that none is left parked.
+        var streams: [ObjectIdentifier: HTTPStream] = [:]
     }
 
     let configuration: HTTPServerConfiguration
@@ -140,17 +142,19 @@ final class ServerCore: Sendable {
         stopping.store(true, ordering: .sequentiallyConsistent)
         // Only a few instructions and one syscall away from done: wait for them without sleeping.
         while changingSuspension.load(ordering: .sequentiallyConsistent) > 0 { sched_yield() }
-        let (daemon, waiting) = state.withLock { state in
+        let (daemon, waiting, streams) = state.withLock { state in
             let daemon: Daemon? = if case .running(let daemon) = state.lifecycle { daemon } else { nil }
             state.lifecycle = .stopped
             defer { state.suspended = [:] }
-            return (daemon, Array(state.suspended.values))
+            return (daemon, Array(state.suspended.values), Array(state.streams.values))
         }
         for context in waiting {
             context.response = .problem(status: 503, detail: "The server is shutting down.", requestID: context.requestID)
             MHD_resume_connection(context.connection)
         }
-        return daemon.map { ($0, waiting.count) }
+        // A stream ends cleanly (its last chunk), and its connection, if parked, is resumed to send it.
+        for stream in streams { stream.finish() }
+        return daemon.map { ($0, waiting.count + streams.count) }
     }
 
     private func destroy(_ daemon: Daemon) {

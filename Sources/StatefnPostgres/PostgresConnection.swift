@@ -86,6 +86,35 @@ public final class PostgresConnection {
         }
     }
 
+    /// Waits up to `timeoutMs` for notifications on the channels this session LISTENs to, and returns their
+    /// channel names (empty after the timeout). Blocks: only a thread of its own may call it. PQsocket, poll,
+    /// PQconsumeInput, PQnotifies.
+    func waitForNotifications(timeoutMs: Int32) throws(PostgresError) -> [String] {
+        let connection = try usableHandle()
+        var channels = Self.drainNotifications(connection)
+        guard channels.isEmpty else { return channels }
+        var descriptor = pollfd(fd: PQsocket(connection), events: Int16(POLLIN), revents: 0)
+        guard descriptor.fd >= 0 else {
+            throw PostgresError(code: .connectionFailed, detail: "the connection has no socket")
+        }
+        let ready = poll(&descriptor, 1, timeoutMs)
+        guard ready > 0 else { return [] }
+        guard PQconsumeInput(connection) == 1 else {
+            throw PostgresError(code: .connectionFailed, detail: Self.message(of: connection))
+        }
+        channels = Self.drainNotifications(connection)
+        return channels
+    }
+
+    private static func drainNotifications(_ connection: OpaquePointer) -> [String] {
+        var channels: [String] = []
+        while let notification = PQnotifies(connection) {
+            channels.append(String(cString: notification.pointee.relname))
+            PQfreemem(notification)
+        }
+        return channels
+    }
+
     /// Ends the server session. PQfinish.
     func close() {
         if let handle { PQfinish(handle) }

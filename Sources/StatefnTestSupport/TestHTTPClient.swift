@@ -194,31 +194,8 @@ public final class TestHTTPConnection {
     /// strict client would refuse (a bare LF, a header line without a colon, both `Content-Length` and
     /// `Transfer-Encoding`, conflicting lengths, a bad chunk) is `.malformed`.
     public func readResponse(method: String = "GET") throws(TestHTTPError) -> TestHTTPResponse {
-        guard fd >= 0 else { throw TestHTTPError(.other, "read on a closed connection") }
-        let head = try readHead()
-        var lines = head.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init)
-        let statusLine = lines.removeFirst()
-        let parts = statusLine.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count >= 2, parts[0] == "HTTP/1.1" || parts[0] == "HTTP/1.0", parts[1].count == 3,
-            parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let status = Int(parts[1])
-        else { throw TestHTTPError(.malformed, "status line \(quoted(statusLine))") }
-        var fields: [(name: String, value: String)] = []
-        var headers: [String: String] = [:]
-        for line in lines {
-            guard let colon = line.firstIndex(of: ":"), colon != line.startIndex,
-                line[..<colon].utf8.allSatisfy(isTokenByte)
-            else { throw TestHTTPError(.malformed, "header line \(quoted(line)) after \(quoted(statusLine))") }
-            let name = String(line[..<colon])
-            let value = trimmedOWS(line[line.index(after: colon)...])
-            fields.append((name: name, value: value))
-            let key = asciiLowercased(name)
-            headers[key] = headers[key].map { $0 + ", " + value } ?? value
-        }
-        var response = TestHTTPResponse(status: status, headers: headers, fields: fields, body: [])
-        let connectionTokens = Set(
-            (headers["connection"] ?? "").split(separator: ",").map { asciiLowercased(trimmedOWS($0)) })
-        peerWillClose =
-            connectionTokens.contains("close") || (parts[0] == "HTTP/1.0" && !connectionTokens.contains("keep-alive"))
+        var (response, statusLine) = try readResponseHead()
+        let (status, headers, fields) = (response.status, response.headers, response.fields)
         if (100..<200).contains(status) || status == 204 || status == 304 || method == "HEAD" { return response }
 
         let lengths = fields.filter { asciiLowercased($0.name) == "content-length" }.map(\.value)
@@ -240,6 +217,37 @@ public final class TestHTTPConnection {
             peerWillClose = true
         }
         return response
+    }
+
+    /// Reads a response's status line and headers only (for a streamed body, read on with `readChunk`), and the
+    /// status line as sent.
+    public func readResponseHead() throws(TestHTTPError) -> (response: TestHTTPResponse, statusLine: String) {
+        guard fd >= 0 else { throw TestHTTPError(.other, "read on a closed connection") }
+        let head = try readHead()
+        var lines = head.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init)
+        let statusLine = lines.removeFirst()
+        let parts = statusLine.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count >= 2, parts[0] == "HTTP/1.1" || parts[0] == "HTTP/1.0", parts[1].count == 3,
+            parts[1].allSatisfy({ $0.isASCII && $0.isNumber }), let status = Int(parts[1])
+        else { throw TestHTTPError(.malformed, "status line \(quoted(statusLine))") }
+        var fields: [(name: String, value: String)] = []
+        var headers: [String: String] = [:]
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":"), colon != line.startIndex,
+                line[..<colon].utf8.allSatisfy(isTokenByte)
+            else { throw TestHTTPError(.malformed, "header line \(quoted(line)) after \(quoted(statusLine))") }
+            let name = String(line[..<colon])
+            let value = trimmedOWS(line[line.index(after: colon)...])
+            fields.append((name: name, value: value))
+            let key = asciiLowercased(name)
+            headers[key] = headers[key].map { $0 + ", " + value } ?? value
+        }
+        let response = TestHTTPResponse(status: status, headers: headers, fields: fields, body: [])
+        let connectionTokens = Set(
+            (headers["connection"] ?? "").split(separator: ",").map { asciiLowercased(trimmedOWS($0)) })
+        peerWillClose =
+            connectionTokens.contains("close") || (parts[0] == "HTTP/1.0" && !connectionTokens.contains("keep-alive"))
+        return (response, statusLine)
     }
 
     /// Reads until the peer closes and returns what came; `.reset` if it resets instead.
@@ -281,20 +289,26 @@ public final class TestHTTPConnection {
 
     private func readChunkedBody() throws(TestHTTPError) -> [UInt8] {
         var body: [UInt8] = []
-        while true {
-            let sizeLine = try readLine(while: "reading a chunk size")
-            let digits = sizeLine.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false)[0]
-            guard !digits.isEmpty, digits.allSatisfy(\.isHexDigit), let size = Int(digits, radix: 16) else {
-                throw TestHTTPError(.malformed, "chunk size line \(quoted(sizeLine))")
-            }
-            if size == 0 { break }
-            body += try readBytes(size, while: "reading a \(size)-byte chunk")
-            guard try readLine(while: "reading the end of a chunk").isEmpty else {
-                throw TestHTTPError(.malformed, "a chunk longer than its size \(size)")
-            }
-        }
-        while try !readLine(while: "reading chunked trailers").isEmpty {}
+        while let chunk = try readChunk() { body += chunk }
         return body
+    }
+
+    /// Reads the next chunk of a chunked body; nil after the last one (and its trailers).
+    public func readChunk() throws(TestHTTPError) -> [UInt8]? {
+        let sizeLine = try readLine(while: "reading a chunk size")
+        let digits = sizeLine.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        guard !digits.isEmpty, digits.allSatisfy(\.isHexDigit), let size = Int(digits, radix: 16) else {
+            throw TestHTTPError(.malformed, "chunk size line \(quoted(sizeLine))")
+        }
+        if size == 0 {
+            while try !readLine(while: "reading chunked trailers").isEmpty {}
+            return nil
+        }
+        let chunk = try readBytes(size, while: "reading a \(size)-byte chunk")
+        guard try readLine(while: "reading the end of a chunk").isEmpty else {
+            throw TestHTTPError(.malformed, "a chunk longer than its size \(size)")
+        }
+        return chunk
     }
 
     private func readLine(while what: String) throws(TestHTTPError) -> String {

@@ -30,6 +30,13 @@ public struct FunctionManifest: Sendable, Hashable {
     /// With a value above 0, a warm worker gets no request until it prints `{"ready":true}`, and is killed if it
     /// has not within this time. 0: it is ready at once (DESIGN.md section 3).
     public var initTimeoutMs: Int = 0
+    /// Entities untouched this long expire (their state is deleted; 0: never).
+    public var stateTTLMs: Int = 0
+    /// Events older than this expire, the newest of each entity excepted (0: never).
+    public var eventsTTLMs: Int = 0
+    /// What the function's effects may call, as `invoke:` scopes (DESIGN.md section 3). Empty: its own entities
+    /// only (`invoke:<name>`), which is how a workflow steps itself.
+    public var effectScopes: [String] = []
     public init() {}
 
     /// Validates a manifest document; unknown fields and wrong types are errors naming the field.
@@ -54,6 +61,9 @@ public struct FunctionManifest: Sendable, Hashable {
             case "max_state_bytes": manifest.maxStateBytes = try integer(value, key, in: 1...(1 << 30))
             case "max_response_bytes": manifest.maxResponseBytes = try integer(value, key, in: 1024...(1 << 30))
             case "init_timeout_ms": manifest.initTimeoutMs = try integer(value, key, in: 0...3_600_000)
+            case "state_ttl_ms": manifest.stateTTLMs = try integer(value, key, in: 0...(3650 * 86_400_000))
+            case "events_ttl_ms": manifest.eventsTTLMs = try integer(value, key, in: 0...(3650 * 86_400_000))
+            case "effect_scopes": manifest.effectScopes = try effectScopes(value)
             case "stateless":
                 guard let flag = value.boolValue else { throw invalid("field stateless: must be true or false") }
                 manifest.stateless = flag
@@ -82,6 +92,8 @@ public struct FunctionManifest: Sendable, Hashable {
             "public": .array(publicCommands.map { .string($0) }), "max_state_bytes": .integer(Int64(maxStateBytes)),
             "stateless": .bool(stateless), "max_response_bytes": .integer(Int64(maxResponseBytes)),
             "init_timeout_ms": .integer(Int64(initTimeoutMs)),
+            "state_ttl_ms": .integer(Int64(stateTTLMs)), "events_ttl_ms": .integer(Int64(eventsTTLMs)),
+            "effect_scopes": .array(effectScopes.map { .string($0) }),
         ]
     }
 
@@ -121,6 +133,22 @@ public struct FunctionManifest: Sendable, Hashable {
             names.append(name)
         }
         return names
+    }
+
+    /// `invoke:<function or *>[/<entity>]` only: an effect never carries `read` or `admin`.
+    private static func effectScopes(_ value: JSONValue) throws(WorkerError) -> [String] {
+        guard let array = value.arrayValue else { throw invalid("field effect_scopes: must be an array of scopes") }
+        var scopes: [String] = []
+        for element in array {
+            guard let scope = element.stringValue, scope.hasPrefix("invoke:"), scope.utf8.count > 7,
+                scope.utf8.count <= 300, !scope.utf8.contains(where: { $0 < 0x20 })
+            else {
+                throw invalid(
+                    "field effect_scopes: \(element.encodedString()) is not an invoke:<function>[/<entity>] scope")
+            }
+            scopes.append(scope)
+        }
+        return scopes
     }
 
     /// `[A-Za-z][A-Za-z0-9_.-]{0,62}` (DESIGN.md section 2).

@@ -72,6 +72,43 @@ struct Serve: AsyncParsableCommand {
                 + " with Retry-After (env STATEFN_IDEMPOTENCY_WAIT).", valueName: "duration"))
     var idempotencyWait: String = Environment.value("STATEFN_IDEMPOTENCY_WAIT") ?? "10s"
 
+    @Option(
+        help: ArgumentHelp(
+            "How often each replica looks for due effects and timers when nothing woke it; NOTIFY (PostgreSQL) and"
+                + " local commits wake it sooner (env STATEFN_OUTBOX_POLL).", valueName: "duration"))
+    var outboxPoll: String = Environment.value("STATEFN_OUTBOX_POLL") ?? "250ms"
+
+    @Option(
+        help: ArgumentHelp(
+            "Runs of a failing effect (5xx, timeout) before it is dead-lettered; a 4xx dead-letters at once"
+                + " (env STATEFN_OUTBOX_MAX_ATTEMPTS).", valueName: "n"))
+    var outboxMaxAttempts: String = Environment.value("STATEFN_OUTBOX_MAX_ATTEMPTS") ?? "20"
+
+    @Option(
+        help: ArgumentHelp(
+            "How long a replica's claim on an effect holds; a replica that dies mid-run leaves its effects to the"
+                + " others after this. Keep it above the slowest function's timeout (env STATEFN_OUTBOX_LEASE).",
+            valueName: "duration"))
+    var outboxLease: String = Environment.value("STATEFN_OUTBOX_LEASE") ?? "60s"
+
+    @Option(
+        help: ArgumentHelp(
+            "How often the live event feed reads new events for its subscribers (env STATEFN_FEED_POLL).",
+            valueName: "duration"))
+    var feedPoll: String = Environment.value("STATEFN_FEED_POLL") ?? "200ms"
+
+    @Option(
+        help: ArgumentHelp(
+            "Live event-stream subscribers per replica; one more gets 503 with Retry-After"
+                + " (env STATEFN_MAX_SUBSCRIBERS).", valueName: "n"))
+    var maxSubscribers: String = Environment.value("STATEFN_MAX_SUBSCRIBERS") ?? "1000"
+
+    @Option(
+        help: ArgumentHelp(
+            "A comment line to an event stream that had nothing to send for this long (env STATEFN_SSE_HEARTBEAT).",
+            valueName: "duration"))
+    var sseHeartbeat: String = Environment.value("STATEFN_SSE_HEARTBEAT") ?? "15s"
+
     @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (env STATEFN_LOG_LEVEL).", valueName: "level"))
     var logLevel: String = Environment.value("STATEFN_LOG_LEVEL") ?? "info"
 
@@ -83,6 +120,7 @@ struct Serve: AsyncParsableCommand {
         guard (1...1000).contains(database.dbPoolSize) else { throw ValidationError("--db-pool-size must be 1 to 1000") }
         guard gracePeriod >= 0 else { throw ValidationError("--grace-period must not be negative") }
         _ = try commitConfiguration()
+        _ = try backgroundConfiguration()
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
     }
 
@@ -126,6 +164,10 @@ struct Serve: AsyncParsableCommand {
         let workers = WorkerPool(logger: logger)
         var gatewayConfiguration = GatewayConfiguration()
         gatewayConfiguration.commits = try commitConfiguration()
+        (gatewayConfiguration.outbox, gatewayConfiguration.feed) = try backgroundConfiguration()
+        // CockroachDB has no LISTEN/NOTIFY: there the dispatcher and the feed poll alone.
+        let serverVersion = try await pool.execute("SELECT version()").rows.first?[0] ?? ""
+        gatewayConfiguration.notify = !serverVersion.contains("CockroachDB")
         let gateway = Gateway(
             configuration: gatewayConfiguration, catalog: catalog, workers: workers, pool: pool,
             authenticator: authenticator, logger: logger)
@@ -151,16 +193,65 @@ struct Serve: AsyncParsableCommand {
 
         let ttl = gatewayConfiguration.commits.idempotencyTTL
         let sweeper = Task { await gateway.sweepIdempotencyRecords(every: min(ttl / 2, .seconds(60))) }
+        let expirySweeper = Task { await gateway.sweepExpired(every: .seconds(1)) }
+        let dispatcher = Task { await gateway.runDispatcher() }
+        let feed = Task { await gateway.runEventFeed() }
+        let listener = gatewayConfiguration.notify
+            ? PostgresListener(
+                config: config, channels: ["statefn_outbox", "statefn_events"], logger: logger,
+                onNotify: { gateway.notified($0) })
+            : nil
+        listener?.start()
 
         let signal = await signals.wait()
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace_period_s": "\(gracePeriod)"])
+        // The stop order: readiness says draining; live event streams end (their clients resume elsewhere with
+        // Last-Event-ID); the dispatcher claims nothing more; requests and the effects under way finish within
+        // the grace; then the sweepers, the listener and the workers stop.
         gateway.beginDraining()
+        gateway.closeEventStreams()
+        dispatcher.cancel()
         server.quiesce()
         // Past the grace, requests still running are answered 503: first make sure none of them commits after.
         await server.stop(gracePeriod: .seconds(gracePeriod)) { await gateway.closeCommits() }
+        await dispatcher.value
+        feed.cancel()
         sweeper.cancel()
+        expirySweeper.cancel()
+        await listener?.stop()
         await workers.shutdown()
         logger.info("stopped")
+    }
+
+    /// The dispatcher's and the event feed's settings, from their flags.
+    private func backgroundConfiguration() throws -> (OutboxConfiguration, EventFeedConfiguration) {
+        var outbox = OutboxConfiguration()
+        outbox.pollInterval = try DurationText.parse(outboxPoll, flag: "--outbox-poll")
+        guard outbox.pollInterval >= .milliseconds(10), outbox.pollInterval <= .seconds(60) else {
+            throw ValidationError("--outbox-poll must be from 10ms to 60s, got \(outboxPoll)")
+        }
+        guard let attempts = Int(outboxMaxAttempts), (1...1000).contains(attempts) else {
+            throw ValidationError("--outbox-max-attempts must be a whole number from 1 to 1000, got \(outboxMaxAttempts)")
+        }
+        outbox.maxAttempts = attempts
+        outbox.lease = try DurationText.parse(outboxLease, flag: "--outbox-lease")
+        guard outbox.lease >= .seconds(1) else {
+            throw ValidationError("--outbox-lease must be at least 1s, got \(outboxLease)")
+        }
+        var feed = EventFeedConfiguration()
+        feed.pollInterval = try DurationText.parse(feedPoll, flag: "--feed-poll")
+        guard feed.pollInterval >= .milliseconds(10), feed.pollInterval <= .seconds(60) else {
+            throw ValidationError("--feed-poll must be from 10ms to 60s, got \(feedPoll)")
+        }
+        guard let subscribers = Int(maxSubscribers), (0...100_000).contains(subscribers) else {
+            throw ValidationError("--max-subscribers must be a whole number from 0 to 100000, got \(maxSubscribers)")
+        }
+        feed.maxSubscribers = subscribers
+        feed.heartbeat = try DurationText.parse(sseHeartbeat, flag: "--sse-heartbeat")
+        guard feed.heartbeat >= .seconds(1) else {
+            throw ValidationError("--sse-heartbeat must be at least 1s, got \(sseHeartbeat)")
+        }
+        return (outbox, feed)
     }
 
     /// The conflict budget, the cache and idempotency, from their flags; a malformed value is refused by name.

@@ -104,4 +104,196 @@ import Testing
             #expect(unknown["error"]?["code"] == "unknown_command")
         }
     }
+
+    @Test func accountKeepsItsBalanceAndTakesSagaStepsOnlyFromTransfers() async throws {
+        try await withPool { pool in
+            let account = example("account")
+            let alice: JSONValue = ["sub": "alice", "scopes": ["invoke:account/*"]]
+            let saga: JSONValue = ["sub": "fn:transfer/t1", "scopes": ["invoke:account/*"]]
+            func call(
+                _ id: String, _ command: String, _ payload: JSONValue = nil, state: JSONValue = nil,
+                readonly: Bool = false, principal: JSONValue
+            ) async throws -> JSONValue {
+                try await pool.invoke(
+                    account,
+                    request: request(
+                        id, function: "account", entity: "alice", command: command, payload: payload, state: state,
+                        readonly: readonly, principal: principal))
+            }
+
+            let opened = try await call("1", "open", ["balance": 100], principal: alice)
+            let hundred: JSONValue = ["balance": 100, "open": true]
+            #expect(opened["reply"] == hundred)
+            #expect(opened["state"] == hundred)
+            #expect(opened["events"] == [["type": "opened", "balance": 100]])
+            let twice = try await call("2", "open", ["balance": 5], state: hundred, principal: alice)
+            #expect(twice["error"]?["status"] == 409)
+            #expect(twice["error"]?["code"] == "already_open")
+            for payload: JSONValue in [["balance": -5], ["balance": true], ["balance": 1.5], nil] {
+                let bad = try await call("3", "open", payload, principal: alice)
+                #expect(bad["error"]?["status"] == 400, "payload \(payload)")
+                #expect(bad["state"] == nil)
+            }
+            let read = try await call("4", "get", state: hundred, readonly: true, principal: alice)
+            #expect(read["reply"] == hundred)
+            #expect(read["state"] == nil)
+            let never = try await call("5", "get", readonly: true, principal: alice)
+            #expect(never["error"]?["status"] == 404)
+            #expect(never["error"]?["code"] == "no_account")
+
+            // A debit it cannot cover changes nothing and tells the transfer, never answering an error.
+            let refused = try await call(
+                "6", "debit", ["amount": 150, "transfer": "t1"], state: hundred, principal: saga)
+            #expect(refused["error"] == nil)
+            #expect(refused["state"] == nil)
+            let toldRefused: JSONValue = [
+                [
+                    "function": "transfer", "entity": "t1", "command": "debit_refused",
+                    "payload": ["reason": "insufficient_funds"],
+                ]
+            ]
+            #expect(refused["effects"] == toldRefused)
+
+            let debited = try await call(
+                "7", "debit", ["amount": 30, "transfer": "t1"], state: hundred, principal: saga)
+            let seventy: JSONValue = ["balance": 70, "open": true]
+            #expect(debited["state"] == seventy)
+            #expect(debited["events"] == [["type": "debited", "amount": 30, "transfer": "t1"]])
+            let toldDebited: JSONValue = [
+                ["function": "transfer", "entity": "t1", "command": "debited", "payload": ["amount": 30]]
+            ]
+            #expect(debited["effects"] == toldDebited)
+
+            // Saga steps come only from the transfer function's effects.
+            let outsiders: [JSONValue] = [alice, ["sub": "fn:account/bob", "scopes": []], nil]
+            for outsider in outsiders {
+                let forbidden = try await call(
+                    "8", "debit", ["amount": 30, "transfer": "t1"], state: hundred, principal: outsider)
+                #expect(forbidden["error"]?["status"] == 403, "principal \(outsider)")
+                #expect(forbidden["error"]?["code"] == "internal_command")
+                #expect(forbidden["state"] == nil)
+            }
+
+            let closed = try await call("9", "close", state: seventy, principal: alice)
+            let closedSeventy: JSONValue = ["balance": 70, "open": false]
+            #expect(closed["reply"] == closedSeventy)
+            #expect(closed["state"] == closedSeventy)
+            let noCredit = try await call(
+                "10", "credit", ["amount": 10, "transfer": "t1"], state: closedSeventy, principal: saga)
+            #expect(noCredit["state"] == nil)
+            #expect(noCredit["effects"]?.arrayValue?.first?["command"] == "credit_refused")
+            #expect(noCredit["effects"]?.arrayValue?.first?["payload"] == ["reason": "account_closed"])
+            // A refund lands even on a closed account: money is never destroyed.
+            let refunded = try await call(
+                "11", "refund", ["amount": 10, "transfer": "t1"], state: closedSeventy, principal: saga)
+            #expect(refunded["state"] == ["balance": 80, "open": false])
+            #expect(refunded["effects"]?.arrayValue?.first?["command"] == "refunded")
+            let missing = try await call("12", "close", principal: alice)
+            #expect(missing["error"]?["status"] == 404)
+        }
+    }
+
+    @Test func transferRunsItsSagaThroughEffects() async throws {
+        try await withPool { pool in
+            let transfer = example("transfer")
+            let client: JSONValue = ["sub": "alice", "scopes": ["invoke:transfer/*"]]
+            let fromAlice: JSONValue = ["sub": "fn:account/alice", "scopes": ["invoke:transfer/*"]]
+            let fromBob: JSONValue = ["sub": "fn:account/bob", "scopes": ["invoke:transfer/*"]]
+            func call(
+                _ id: String, _ command: String, _ payload: JSONValue = nil, state: JSONValue = nil,
+                readonly: Bool = false, principal: JSONValue
+            ) async throws -> JSONValue {
+                try await pool.invoke(
+                    transfer,
+                    request: request(
+                        id, function: "transfer", entity: "t1", command: command, payload: payload, state: state,
+                        readonly: readonly, principal: principal))
+            }
+            let parameters: JSONValue = ["from": "alice", "to": "bob", "amount": 30]
+
+            let started = try await call("1", "start", parameters, principal: client)
+            #expect(started["reply"] == ["status": "debiting"])
+            #expect(started["state"] == ["from": "alice", "to": "bob", "amount": 30, "status": "debiting"])
+            let debit: JSONValue = [
+                [
+                    "function": "account", "entity": "alice", "command": "debit",
+                    "payload": ["amount": 30, "transfer": "t1"],
+                ]
+            ]
+            #expect(started["effects"] == debit)
+            let debiting = try #require(started["state"])
+
+            // Starting it again answers its status and sends nothing; other parameters are a conflict.
+            let again = try await call("2", "start", parameters, state: debiting, principal: client)
+            #expect(again["reply"] == ["status": "debiting"])
+            #expect(again["state"] == nil)
+            #expect(again["effects"] == nil)
+            let other = try await call(
+                "3", "start", ["from": "alice", "to": "bob", "amount": 31], state: debiting, principal: client)
+            #expect(other["error"]?["status"] == 409)
+            #expect(other["error"]?["code"] == "transfer_exists")
+            let bads: [JSONValue] = [
+                ["from": "alice", "to": "alice", "amount": 1], ["from": "alice", "to": "bob", "amount": 0],
+                ["from": "alice", "to": "bob", "amount": true], ["from": "", "to": "bob", "amount": 1], nil,
+            ]
+            for payload in bads {
+                let bad = try await call("4", "start", payload, principal: client)
+                #expect(bad["error"]?["status"] == 400, "payload \(payload)")
+            }
+            let forbidden = try await call("5", "debited", ["amount": 30], state: debiting, principal: client)
+            #expect(forbidden["error"]?["status"] == 403)
+            #expect(forbidden["error"]?["code"] == "internal_command")
+
+            let debited = try await call("6", "debited", ["amount": 30], state: debiting, principal: fromAlice)
+            #expect(debited["reply"] == ["status": "crediting"])
+            #expect(debited["events"] == [["type": "status", "status": "crediting"]])
+            let credit: JSONValue = [
+                [
+                    "function": "account", "entity": "bob", "command": "credit",
+                    "payload": ["amount": 30, "transfer": "t1"],
+                ]
+            ]
+            #expect(debited["effects"] == credit)
+            let crediting = try #require(debited["state"])
+            #expect(crediting["status"] == "crediting")
+            // A repeated step finds the transfer past it and moves nothing.
+            let repeated = try await call("7", "debited", ["amount": 30], state: crediting, principal: fromAlice)
+            #expect(repeated["reply"] == ["status": "crediting"])
+            #expect(repeated["state"] == nil)
+            #expect(repeated["effects"] == nil)
+
+            let creditRefused = try await call(
+                "8", "credit_refused", ["reason": "account_closed"], state: crediting, principal: fromBob)
+            #expect(creditRefused["reply"] == ["status": "compensating"])
+            let refund: JSONValue = [
+                [
+                    "function": "account", "entity": "alice", "command": "refund",
+                    "payload": ["amount": 30, "transfer": "t1"],
+                ]
+            ]
+            #expect(creditRefused["effects"] == refund)
+            let compensating = try #require(creditRefused["state"])
+
+            let refunded = try await call("9", "refunded", ["amount": 30], state: compensating, principal: fromAlice)
+            #expect(refunded["reply"] == ["status": "compensated"])
+            #expect(refunded["state"]?["status"] == "compensated")
+            #expect(refunded["effects"] == nil)
+            let read = try await call("10", "get", state: refunded["state"]!, readonly: true, principal: client)
+            #expect(read["reply"] == ["status": "compensated", "from": "alice", "to": "bob", "amount": 30])
+            #expect(read["state"] == nil)
+
+            // A refused debit rejects the transfer and keeps the reason.
+            let rejected = try await call(
+                "11", "debit_refused", ["reason": "insufficient_funds"], state: debiting, principal: fromAlice)
+            #expect(rejected["reply"] == ["status": "rejected"])
+            #expect(rejected["effects"] == nil)
+            let shown = try await call("12", "get", state: rejected["state"]!, readonly: true, principal: client)
+            let rejectedView: JSONValue = [
+                "status": "rejected", "from": "alice", "to": "bob", "amount": 30, "reason": "insufficient_funds",
+            ]
+            #expect(shown["reply"] == rejectedView)
+            let never = try await call("13", "get", readonly: true, principal: client)
+            #expect(never["error"]?["code"] == "no_transfer")
+        }
+    }
 }

@@ -34,15 +34,17 @@ func example(_ name: String) -> FunctionDefinition {
     return definition
 }
 
-/// A worker request as the gateway builds it (DESIGN.md section 3).
+/// A worker request as the gateway builds it (DESIGN.md section 3). `principal` is what the worker sees: `.null`
+/// for an anonymous public call, `{"sub": "fn:<function>/<entity>", ...}` for a command run from an effect.
 func request(
-    _ id: String, function: String = "test", command: String = "run", payload: JSONValue = nil,
-    state: JSONValue = nil, readonly: Bool = false
+    _ id: String, function: String = "test", entity: String = "e1", command: String = "run",
+    payload: JSONValue = nil, state: JSONValue = nil, readonly: Bool = false,
+    principal: JSONValue = ["sub": "tester", "scopes": []]
 ) -> JSONValue {
     [
-        "id": .string(id), "function": .string(function), "entity": "e1", "command": .string(command),
+        "id": .string(id), "function": .string(function), "entity": .string(entity), "command": .string(command),
         "payload": payload, "state": state, "version": 0, "readonly": .bool(readonly),
-        "principal": ["sub": "tester", "scopes": []], "deadline_ms": 10_000,
+        "principal": principal, "deadline_ms": 10_000,
     ]
 }
 

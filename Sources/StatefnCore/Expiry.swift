@@ -1,0 +1,39 @@
+// Time to live (DESIGN.md section 3's `state_ttl_ms` and `events_ttl_ms`): a sweeper in every replica expires
+// entities untouched that long, and events older than that, in small batches, with no table locks and no long
+// transactions. Two replicas sweeping at once only share the work.
+import Logging
+import StatefnPostgres
+
+struct ExpiryStore: Sendable {
+    let pool: PostgresPool
+
+    /// Expires up to `limit` of `function`'s entities untouched for `ttlMs`: each becomes a tombstone (state null,
+    /// version + 1), like a delete, so a version is never reused. Returns how many.
+    func expireStates(of function: String, ttlMs: Int, limit: Int) async throws -> Int {
+        try await pool.execute(
+            """
+            UPDATE entities SET state = 'null'::jsonb, version = version + 1, updated_at = now()
+            WHERE function = $1 AND entity_id IN (
+                SELECT entity_id FROM entities
+                WHERE function = $1 AND updated_at < now() - $2::bigint * INTERVAL '1 millisecond'
+                    AND state <> 'null'::jsonb
+                LIMIT $3::bigint)
+            """, [function, String(ttlMs), String(limit)]
+        ).affectedRows
+    }
+
+    /// Deletes up to `limit` of `function`'s events older than `ttlMs`, except each entity's newest, which keeps
+    /// the next event's seq going up (a subscriber's Last-Event-ID never comes round again). Returns how many.
+    func expireEvents(of function: String, ttlMs: Int, limit: Int) async throws -> Int {
+        try await pool.execute(
+            """
+            DELETE FROM entity_events WHERE function = $1 AND (entity_id, seq) IN (
+                SELECT e.entity_id, e.seq FROM entity_events AS e
+                WHERE e.function = $1 AND e.created_at < now() - $2::bigint * INTERVAL '1 millisecond'
+                    AND e.seq < (SELECT max(m.seq) FROM entity_events AS m
+                                 WHERE m.function = e.function AND m.entity_id = e.entity_id)
+                LIMIT $3::bigint)
+            """, [function, String(ttlMs), String(limit)]
+        ).affectedRows
+    }
+}

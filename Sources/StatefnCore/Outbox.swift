@@ -1,0 +1,336 @@
+// The outbox (DESIGN.md sections 3 and 4): effects and timers committed with the state that caused them, and the
+// dispatcher that runs each as a command on its target, every replica claiming its share.
+//
+// - Claims are a lease: a due row is claimed with `FOR UPDATE SKIP LOCKED` and `claimed_until`, so replicas never
+//   run the same row at once, and a dispatcher that dies mid-way only delays its rows until the lease ends.
+// - Each row runs with its id as the Idempotency-Key, under the principal `fn:<source function>/<source entity>`:
+//   a row that runs twice (its dispatcher died after the commit, before the delete) replays the stored answer.
+// - Polling is the path that must work alone (one indexed statement per interval per replica); a local commit, or
+//   PostgreSQL's NOTIFY from another replica, only wakes the dispatcher sooner.
+import Logging
+import StatefnPostgres
+import Synchronization
+
+/// One claimed outbox row.
+public struct OutboxRow: Sendable, Equatable {
+    public var id: String
+    public var function: String
+    public var entity: String?
+    public var command: String
+    /// The payload as JSON text.
+    public var payload: String
+    public var sourceFunction: String
+    public var sourceEntity: String
+    /// Runs so far, this one included.
+    public var attempts: Int
+}
+
+public struct OutboxConfiguration: Sendable {
+    /// How often each replica looks for due rows when nothing woke it.
+    public var pollInterval: Duration = .milliseconds(250)
+    /// Rows claimed per statement, and run at once.
+    public var batchSize = 32
+    /// How long a claim holds a row; a dispatcher that dies mid-run leaves its rows to others after this.
+    public var lease: Duration = .seconds(60)
+    /// Runs before a failing row is dead-lettered.
+    public var maxAttempts = 20
+    /// The retry backoff's first step and ceiling.
+    public var backoffBase: Duration = .milliseconds(200)
+    public var backoffCeiling: Duration = .seconds(60)
+    public init() {}
+}
+
+/// The outbox's SQL.
+struct OutboxStore: Sendable {
+    let pool: PostgresPool
+
+    /// Claims up to `limit` due rows for `leaseMs`, and learns how long until the next pending row falls due
+    /// (nil: none pending): one statement, one round trip.
+    func claim(limit: Int, leaseMs: Int64) async throws -> (rows: [OutboxRow], nextDueMs: Int64?) {
+        let result = try await pool.execute(
+            """
+            WITH due AS (
+                SELECT id FROM outbox
+                WHERE dead_at IS NULL AND not_before <= now() AND (claimed_until IS NULL OR claimed_until <= now())
+                ORDER BY not_before LIMIT $1::bigint
+                FOR UPDATE SKIP LOCKED
+            ), claimed AS (
+                UPDATE outbox SET claimed_until = now() + $2::bigint * INTERVAL '1 millisecond',
+                    attempts = outbox.attempts + 1
+                FROM due WHERE outbox.id = due.id
+                RETURNING outbox.id, outbox.function, outbox.entity_id, outbox.command, outbox.payload,
+                    outbox.source_function, outbox.source_entity, outbox.attempts
+            )
+            SELECT next.wait_ms, claimed.id::text, claimed.function, claimed.entity_id, claimed.command,
+                claimed.payload::text, claimed.source_function, claimed.source_entity, claimed.attempts
+            FROM (
+                SELECT CAST(ceil(extract(epoch FROM min(not_before) - now()) * 1000) AS bigint) AS wait_ms
+                FROM outbox WHERE dead_at IS NULL AND not_before > now()
+            ) AS next LEFT JOIN claimed ON true
+            """, [String(limit), String(leaseMs)])
+        var rows: [OutboxRow] = []
+        var nextDue: Int64?
+        for row in result.rows {
+            nextDue = row[0].flatMap { Int64($0) }
+            guard let id = row[1], let function = row[2], let command = row[4], let source = row[6],
+                let sourceEntity = row[7], let attempts = row[8].flatMap({ Int($0) })
+            else { continue }
+            rows.append(
+                OutboxRow(
+                    id: id, function: function, entity: row[3], command: command, payload: row[5] ?? "null",
+                    sourceFunction: source, sourceEntity: sourceEntity, attempts: attempts))
+        }
+        return (rows, nextDue)
+    }
+
+    /// Deletes rows whose effects took effect.
+    func delete(_ ids: [String]) async throws {
+        guard !ids.isEmpty else { return }
+        _ = try await pool.execute("DELETE FROM outbox WHERE id = ANY($1::uuid[])", [Self.uuidArray(ids)])
+    }
+
+    /// Gives claims back (a draining dispatcher that did not run them), without counting the run.
+    func release(_ ids: [String]) async throws {
+        guard !ids.isEmpty else { return }
+        _ = try await pool.execute(
+            "UPDATE outbox SET claimed_until = NULL, attempts = attempts - 1 WHERE id = ANY($1::uuid[])",
+            [Self.uuidArray(ids)])
+    }
+
+    /// Runs the row again after `delayMs`.
+    func retryLater(_ id: String, delayMs: Int64, error: String) async throws {
+        _ = try await pool.execute(
+            """
+            UPDATE outbox SET claimed_until = NULL, last_error = $3,
+                not_before = now() + $2::bigint * INTERVAL '1 millisecond'
+            WHERE id = $1::uuid
+            """, [id, String(delayMs), error])
+    }
+
+    func deadLetter(_ id: String, error: String) async throws {
+        _ = try await pool.execute(
+            "UPDATE outbox SET claimed_until = NULL, dead_at = now(), last_error = $2 WHERE id = $1::uuid", [id, error])
+    }
+
+    /// Makes a dead row pending again, due now, with its attempts reset. False if no dead row has that id.
+    func revive(_ id: String) async throws -> Bool {
+        try await pool.execute(
+            """
+            UPDATE outbox SET dead_at = NULL, claimed_until = NULL, attempts = 0, not_before = now()
+            WHERE id = $1::uuid AND dead_at IS NOT NULL
+            """, [id]
+        ).affectedRows == 1
+    }
+
+    func exists(_ id: String) async throws -> Bool {
+        try await pool.read("SELECT 1 FROM outbox WHERE id = $1::uuid", [id]).rows.isEmpty == false
+    }
+
+    /// Pending rows by due time, or dead rows by age, as `GET /v1/outbox` lists them.
+    func list(dead: Bool, limit: Int) async throws -> [[String?]] {
+        let condition = dead ? "dead_at IS NOT NULL ORDER BY created_at" : "dead_at IS NULL ORDER BY not_before"
+        return try await pool.read(
+            """
+            SELECT id::text, function, entity_id, command, attempts, last_error,
+                CAST(extract(epoch FROM not_before) * 1000 AS bigint), source_function, source_entity
+            FROM outbox WHERE \(condition) LIMIT $1::bigint
+            """, [String(limit)]
+        ).rows
+    }
+
+    /// Rows not dead, for the gauge of what waits.
+    func pendingCount() async throws -> Int {
+        try await pool.read("SELECT count(*) FROM outbox WHERE dead_at IS NULL").rows.first?[0].flatMap { Int($0) } ?? 0
+    }
+
+    /// `{id1,id2}`: a uuid[] literal (ids are checked uuids, so nothing needs quoting).
+    static func uuidArray(_ ids: [String]) -> String { "{" + ids.joined(separator: ",") + "}" }
+
+    /// The canonical text form of a uuid: 8-4-4-4-12 hex digits.
+    static func isUUID(_ text: String) -> Bool {
+        let bytes = Array(text.utf8)
+        guard bytes.count == 36 else { return false }
+        for (index, byte) in bytes.enumerated() {
+            if [8, 13, 18, 23].contains(index) {
+                guard byte == UInt8(ascii: "-") else { return false }
+            } else {
+                guard byte.isHexDigit else { return false }
+            }
+        }
+        return true
+    }
+}
+
+extension UInt8 {
+    fileprivate var isHexDigit: Bool {
+        (0x30...0x39).contains(self) || (0x41...0x46).contains(self) || (0x61...0x66).contains(self)
+    }
+}
+
+/// What became of one run of an outbox row.
+enum EffectOutcome: Sendable, Equatable {
+    /// It took effect (or had already: a replayed answer): delete the row.
+    case done
+    /// Worth another try (a 5xx, a timeout, a 409 past the conflict budget, a 429).
+    case retry(String)
+    /// It will never succeed as it is (a 4xx: unknown function or command, a refusal, no scope): dead-letter it.
+    case dead(String)
+
+    init(status: Int, detail: String) {
+        switch status {
+        case 200..<300: self = .done
+        case 408, 409, 425, 429, 500...599: self = .retry("\(status): \(detail)")
+        default: self = .dead("\(status): \(detail)")
+        }
+    }
+}
+
+/// Claims due rows and runs them, in every replica, until cancelled.
+final class OutboxDispatcher: Sendable {
+    typealias Runner = @Sendable (OutboxRow) async -> EffectOutcome
+
+    private let configuration: OutboxConfiguration
+    private let store: OutboxStore
+    private let logger: Logger
+    private let wakeups = WakeUp()
+    private let runner: Mutex<Runner?> = Mutex(nil)
+
+    init(configuration: OutboxConfiguration, pool: PostgresPool, logger: Logger) {
+        self.configuration = configuration
+        self.store = OutboxStore(pool: pool)
+        self.logger = logger
+    }
+
+    /// A commit through this replica wrote effects, the soonest due in `delayMs`.
+    func wake(afterMs delayMs: Int64 = 0) { wakeups.signal(afterMs: delayMs) }
+
+    /// Claims and runs due rows until cancelled; a cancelled dispatcher gives back what it claimed but did not
+    /// start, and lets what it started finish.
+    func run(_ runner: @escaping Runner) async {
+        let clock = ContinuousClock()
+        while !Task.isCancelled {
+            var nextDueMs: Int64?
+            do {
+                let (rows, next) = try await store.claim(
+                    limit: configuration.batchSize, leaseMs: configuration.lease.totalMilliseconds)
+                nextDueMs = next
+                if !rows.isEmpty {
+                    await runBatch(rows, runner)
+                    if rows.count == configuration.batchSize { continue }
+                    continue  // Finished rows may have committed new effects due now: look again at once.
+                }
+            } catch {
+                logger.warning("outbox claim failed", metadata: ["error": "\(error)"])
+            }
+            var wait = configuration.pollInterval
+            if let nextDueMs { wait = min(wait, .milliseconds(max(1, nextDueMs))) }
+            await wakeups.wait(upTo: wait, clock: clock)
+        }
+    }
+
+    private func runBatch(_ rows: [OutboxRow], _ runner: @escaping Runner) async {
+        let outcomes = await withTaskGroup(of: (OutboxRow, EffectOutcome?).self) { group in
+            for row in rows {
+                group.addTask {
+                    // A dispatcher told to stop does not start what it claimed: the claim goes back.
+                    if Task.isCancelled { return (row, nil) }
+                    return (row, await runner(row))
+                }
+            }
+            var outcomes: [(OutboxRow, EffectOutcome?)] = []
+            for await outcome in group { outcomes.append(outcome) }
+            return outcomes
+        }
+        var done: [String] = []
+        var unstarted: [String] = []
+        for (row, outcome) in outcomes {
+            switch outcome {
+            case nil: unstarted.append(row.id)
+            case .done?: done.append(row.id)
+            case .retry(let why)? where row.attempts >= configuration.maxAttempts:
+                await settle(row) { try await self.store.deadLetter(row.id, error: why) }
+                logger.warning(
+                    "effect dead-lettered after its last attempt",
+                    metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)", "attempts": "\(row.attempts)",
+                        "error": "\(why)"])
+            case .retry(let why)?:
+                let delay = backoff(attempt: row.attempts)
+                await settle(row) { try await self.store.retryLater(row.id, delayMs: delay, error: why) }
+                logger.notice(
+                    "effect failed; retrying",
+                    metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)", "attempt": "\(row.attempts)",
+                        "retry_in_ms": "\(delay)", "error": "\(why)"])
+            case .dead(let why)?:
+                await settle(row) { try await self.store.deadLetter(row.id, error: why) }
+                logger.warning(
+                    "effect dead-lettered", metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)",
+                        "error": "\(why)"])
+            }
+        }
+        await settle(nil) { try await self.store.delete(done) }
+        await settle(nil) { try await self.store.release(unstarted) }
+    }
+
+    /// Full jitter over an exponential ceiling: base × 2^(attempt-1), capped.
+    private func backoff(attempt: Int) -> Int64 {
+        let base = configuration.backoffBase.totalMilliseconds
+        let ceiling = min(configuration.backoffCeiling.totalMilliseconds, base << Int64(min(attempt - 1, 20)))
+        return Int64.random(in: base / 2...max(base / 2, ceiling))
+    }
+
+    /// Writes a row's fate. When that fails, the lease still ends, and the row runs again (and replays).
+    private func settle(_ row: OutboxRow?, _ body: () async throws -> Void) async {
+        do {
+            try await body()
+        } catch {
+            logger.warning(
+                "could not record an effect's outcome; it runs again when its claim ends",
+                metadata: ["outbox_id": "\(row?.id ?? "batch")", "error": "\(error)"])
+        }
+    }
+}
+
+/// A wake-up signal for a polling loop: `wait` returns at its timeout, or sooner once signalled.
+final class WakeUp: Sendable {
+    private struct State {
+        var signalled = false
+        /// A signal for later: a timer committed here, due in a while.
+        var dueAt: ContinuousClock.Instant?
+    }
+    private let state = Mutex(State())
+
+    func signal(afterMs delayMs: Int64 = 0) {
+        state.withLock { state in
+            if delayMs <= 0 {
+                state.signalled = true
+            } else {
+                let due = ContinuousClock.now.advanced(by: .milliseconds(delayMs))
+                state.dueAt = min(state.dueAt ?? due, due)
+            }
+        }
+    }
+
+    /// Waits up to `limit`, in 2 ms steps, until signalled (or a signalled due time arrives).
+    func wait(upTo limit: Duration, clock: ContinuousClock) async {
+        let deadline = clock.now.advanced(by: limit)
+        while !Task.isCancelled {
+            let now = clock.now
+            let go = state.withLock { state -> Bool in
+                if let due = state.dueAt, due <= now {
+                    state.dueAt = nil
+                    state.signalled = true
+                }
+                defer { state.signalled = false }
+                return state.signalled
+            }
+            if go || now >= deadline { return }
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+    }
+}
+
+extension Duration {
+    var totalMilliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}
