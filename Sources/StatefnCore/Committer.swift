@@ -180,7 +180,8 @@ final class Committer: Sendable {
                     outcome == .conflict ? "version conflict" : "commit did not land; running again",
                     metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])
                 let now = clock.now
-                guard now < deadline else {
+                // A lost race is always run again once, however slow the first run was; the budget decides after.
+                guard now < deadline || attempt == 1 else {
                     // A commit read back after a lost COMMIT, or a twin through another replica, may have stored
                     // this key's answer just now: that answer, not an error, is the truth.
                     if let claim = input.claim, let stored = try await store.record(for: claim),
@@ -202,7 +203,7 @@ final class Committer: Sendable {
                 }
                 // Full jitter over an exponential ceiling (4 ms doubling to 64 ms), cut to what the budget leaves.
                 let ceiling = Double(2 << min(attempt, 5)) / 1000
-                let pause = min(Duration.seconds(Double.random(in: 0...ceiling)), deadline - now)
+                let pause = min(Duration.seconds(Double.random(in: 0...ceiling)), max(.zero, deadline - now))
                 try await Task.sleep(for: pause)
             }
         }

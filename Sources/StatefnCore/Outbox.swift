@@ -113,13 +113,27 @@ struct OutboxStore: Sendable {
     }
 
     /// Makes a dead row pending again, due now, with its attempts reset. False if no dead row has that id.
+    ///
+    /// The refusal that killed it was stored under the row's Idempotency-Key like any answer, and would only be
+    /// replayed: it goes in the same transaction. Nothing else can be under that key, since a refusal commits
+    /// nothing, and a row that died of 5xx answers left no record.
     func revive(_ id: String) async throws -> Bool {
-        try await pool.execute(
-            """
-            UPDATE outbox SET dead_at = NULL, claimed_until = NULL, attempts = 0, not_before = now()
-            WHERE id = $1::uuid AND dead_at IS NOT NULL
-            """, [id]
-        ).affectedRows == 1
+        try await pool.withConnection { db in
+            _ = try db.execute("BEGIN")
+            let revived = try db.execute(
+                """
+                UPDATE outbox SET dead_at = NULL, claimed_until = NULL, attempts = 0, not_before = now()
+                WHERE id = $1::uuid AND dead_at IS NOT NULL
+                RETURNING function, entity_id, source_function, source_entity
+                """, [id])
+            if let row = revived.rows.first, let entity = row[1] {
+                _ = try db.execute(
+                    "DELETE FROM idempotency WHERE caller = $1 AND function = $2 AND entity_id = $3 AND key = $4",
+                    ["fn:\(row[2] ?? "")/\(row[3] ?? "")", row[0], entity, id])
+            }
+            _ = try db.execute("COMMIT")
+            return revived.rows.count == 1
+        }
     }
 
     func exists(_ id: String) async throws -> Bool {

@@ -343,11 +343,11 @@ struct ExactlyOnceTests {
     @Test("keys expire after --idempotency-ttl: the sweeper deletes them, and the key is free again")
     func idempotencyExpiry() async throws {
         let database = try await TestDatabase.createDatabase()
-        let gateway = try await Self.replicas(1, database: database, arguments: ["--idempotency-ttl", "1s"])[0]
+        let gateway = try await Self.replicas(1, database: database, arguments: ["--idempotency-ttl", "3s"])[0]
         var response = try await Self.post(gateway, "/v1/register/t/incr", headers: ["Idempotency-Key": "t-1"])
         #expect(response.status == 200)
         #expect(try await Self.sql(database, "SELECT count(*) FROM idempotency").first?[0] == "1")
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(15)
         var left = "1"
         while left != "0", Date() < deadline {
             try await Task.sleep(for: .milliseconds(200))

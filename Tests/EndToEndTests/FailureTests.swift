@@ -18,7 +18,8 @@ struct FailureTests {
             let client = gateway.client()
             func value() throws -> String { try client.request("GET", "/v1/misbehave/e1/get").text }
 
-            #expect(try client.request("POST", "/v1/misbehave/e1/increment", body: #"{"by":5}"#).status == 200)
+            let first = try client.request("POST", "/v1/misbehave/e1/increment", body: #"{"by":5}"#)
+            #expect(first.status == 200, "\(first.status) \(first.text)")
             #expect(try value() == #"{"value":5}"#)
 
             let crash = try client.request("POST", "/v1/misbehave/e1/crash", body: "{}")

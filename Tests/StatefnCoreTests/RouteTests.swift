@@ -30,7 +30,7 @@ struct RouteTests {
         ("POST", "/v1/counter/a%0Ab/inc", 400),  // control character
         ("POST", "/v1/counter/%ZZ/inc", 400),  // bad escape
         ("POST", "/v1/counter/%FF/inc", 400),  // not UTF-8
-        ("POST", "/v1/counter/a/events", 404),  // reserved command
+        ("POST", "/v1/counter/a/events", 405),  // the event log is GET only
         ("POST", "/v1/functions/a/x", 404),  // reserved function
         ("GET", "/v2/counter/a/x", 404),
         ("GET", "/v1/counter//x", 404),

@@ -36,7 +36,7 @@ import Testing
         withEnv.env = ["API_TOKEN": "secret"]
         #expect(withEnv.json["env"] == ["API_TOKEN": "<redacted>"])
         #expect(withEnv.json["max_response_bytes"] == 8_388_608)
-        #expect(withEnv.json.objectValue?.count == 15)
+        #expect(withEnv.json.objectValue?.count == 18)
     }
 
     @Test func everyFieldIsRead() throws {
