@@ -109,6 +109,12 @@ struct Serve: AsyncParsableCommand {
             valueName: "duration"))
     var sseHeartbeat: String = Environment.value("STATEFN_SSE_HEARTBEAT") ?? "15s"
 
+    @Flag(
+        help: ArgumentHelp(
+            "Neither LISTEN nor NOTIFY: the dispatcher and the event feed find new work by polling alone, as they do"
+                + " on CockroachDB (env STATEFN_POLL_ONLY=1)."))
+    var pollOnly: Bool = Environment.value("STATEFN_POLL_ONLY") == "1"
+
     @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical (env STATEFN_LOG_LEVEL).", valueName: "level"))
     var logLevel: String = Environment.value("STATEFN_LOG_LEVEL") ?? "info"
 
@@ -167,7 +173,10 @@ struct Serve: AsyncParsableCommand {
         (gatewayConfiguration.outbox, gatewayConfiguration.feed) = try backgroundConfiguration()
         // CockroachDB has no LISTEN/NOTIFY: there the dispatcher and the feed poll alone.
         let serverVersion = try await pool.execute("SELECT version()").rows.first?[0] ?? ""
-        gatewayConfiguration.notify = !serverVersion.contains("CockroachDB")
+        gatewayConfiguration.notify = !pollOnly && !serverVersion.contains("CockroachDB")
+        if !gatewayConfiguration.notify {
+            logger.info("no LISTEN/NOTIFY: the dispatcher and the event feed poll alone")
+        }
         let gateway = Gateway(
             configuration: gatewayConfiguration, catalog: catalog, workers: workers, pool: pool,
             authenticator: authenticator, logger: logger)

@@ -77,10 +77,12 @@ struct EffectsTests {
         }
     }
 
-    @Test("an effect runs once, as its source's principal; a timer fires on time and never early")
-    func effectsAndTimers() async throws {
+    @Test(
+        "an effect runs once, as its source's principal; a timer fires on time and never early; with NOTIFY and by polling alone",
+        arguments: [false, true])
+    func effectsAndTimers(pollOnly: Bool) async throws {
         let database = try await TestDatabase.createDatabase()
-        let gateway = try await Self.start(1, database: database)[0]
+        let gateway = try await Self.start(1, database: database, arguments: pollOnly ? ["--poll-only"] : [])[0]
         var response = try await Self.post(gateway, "/v1/timer/now/arm", #"{"count":1}"#)
         #expect(response.status == 200, "\(response.text)")
         #expect(try await Self.eventually(2) { try await Self.fired(database, prefix: "now") == (1, 0) })
@@ -218,11 +220,15 @@ struct EffectsTests {
         #expect(gateway.stop() == 0)
     }
 
-    @Test("the event log pages, and streams across replicas with Last-Event-ID resume and no duplicates")
-    func eventStreams() async throws {
+    @Test(
+        "the event log pages, and streams across replicas with Last-Event-ID resume and no duplicates, by NOTIFY and by polling alone (as on CockroachDB)",
+        arguments: [false, true])
+    func eventStreams(pollOnly: Bool) async throws {
         let database = try await TestDatabase.createDatabase()
         let replicas = try await Self.start(
-            2, database: database, arguments: ["--max-subscribers", "2", "--feed-poll", "200ms"])
+            2, database: database,
+            arguments: ["--max-subscribers", "2", "--feed-poll", "200ms"] + (pollOnly ? ["--poll-only"] : []))
+        if pollOnly { #expect(replicas[1].logs.contains { $0.contains("poll alone") }) }
         let (writer, reader) = (replicas[0], replicas[1])
         let auth = [(name: "Authorization", value: "Bearer " + (reader.devKey ?? ""))]
         let stream = try TestEventStream(port: reader.port, path: "/v1/timer/s/events", headers: auth)

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Effects, timers and the event feed, measured against two running replicas (bench/effects/run starts them).
 
-  measure.py PORT_A PORT_B CONNINFO
+  measure.py PORT_A PORT_B CONNINFO [PORT_C]
 
 Prints commit-to-dispatch and timer lateness (from the database's own timestamps), and SSE delivery on one replica
 and across two (from this client's clock: POST sent to frame read)."""
 import http.client, json, subprocess, sys, threading, time
 
 port_a, port_b, conninfo = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+port_c = int(sys.argv[4]) if len(sys.argv) > 4 else None
 
 
 def post(port, path, body):
@@ -86,3 +87,7 @@ print("SSE delivery, one replica, n=%d: p50 %.1f ms, p99 %.1f ms (POST sent to f
     len(one), pct(one, 50), pct(one, 99)))
 two = sse_delivery(port_b, port_a, "sse-two")
 print("SSE delivery, across two replicas, n=%d: p50 %.1f ms, p99 %.1f ms" % (len(two), pct(two, 50), pct(two, 99)))
+if port_c:
+    polled = sse_delivery(port_c, port_a, "sse-poll", samples=50)
+    print("SSE delivery, across two replicas, the subscriber's polling alone (--poll-only, --feed-poll 200ms), n=%d:"
+          " p50 %.1f ms, p99 %.1f ms" % (len(polled), pct(polled, 50), pct(polled, 99)))
