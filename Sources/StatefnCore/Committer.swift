@@ -189,11 +189,15 @@ final class Committer: Sendable {
                     {
                         return stored.response()
                     }
-                    if outcome == .notLanded {
+                    if case .notLanded(let certain) = outcome {
                         throw GatewayError(
                             503,
-                            "the database kept failing the commit; nothing was committed after \(attempt) runs in"
-                                + " \(configuration.conflictBudget); try again",
+                            certain
+                                ? "the database kept failing the commit; nothing was committed after \(attempt) runs in"
+                                    + " \(configuration.conflictBudget); try again"
+                                : "the commit's outcome is unknown: the database connection was lost as it committed,"
+                                    + " and the command may or may not have taken effect; retry with the same"
+                                    + " Idempotency-Key to be safe",
                             headers: [(name: "Retry-After", value: "1")])
                     }
                     throw GatewayError(

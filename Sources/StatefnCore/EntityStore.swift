@@ -64,9 +64,11 @@ enum CommitOutcome: Sendable, Equatable {
     case committed(version: Int64)
     /// Another writer moved the entity past `seenVersion` first, or wrote the same idempotency record: read again.
     case conflict
-    /// The commit's answer was lost and read back: it did not land, or, with an idempotency record, the next run's
-    /// record lookup decides. Run again; this is a failure, not contention, so a spent budget answers 503, not 409.
-    case notLanded
+    /// The commit's answer was lost and read back: it did not land, or, with an idempotency record, the next run
+    /// decides (its record lookup, or its own insert of the record, which waits for a twin still in flight). Run
+    /// again; this is a failure, not contention, so a spent budget answers 503, not 409. `certain`: the session
+    /// that sent the commit is known to be gone, so nothing of it can still land.
+    case notLanded(certain: Bool)
 }
 
 /// A commit whose outcome could not be learned: the connection was lost during COMMIT (or 40003), and reading back
@@ -218,14 +220,14 @@ final class EntityStore: Sendable {
                     _ = try db.execute("COMMIT")
                     return result.rows.first?[0].flatMap { Int64($0) } ?? 0
                 }
-                if request.record != nil { return .notLanded }
+                if request.record != nil { return .notLanded(certain: sessionGone) }
                 if case .unchanged = request.change {
                     throw CommitUncertain(detail: "events or effects may or may not have been committed")
                 }
                 guard sessionGone else {
                     throw CommitUncertain(detail: "the session that sent the commit could not be seen to end")
                 }
-                if version == request.seenVersion { return .notLanded }
+                if version == request.seenVersion { return .notLanded(certain: true) }
                 throw CommitUncertain(
                     detail: "the entity moved from version \(request.seenVersion) to \(version), by this commit or another")
             } catch let error as PostgresError {

@@ -55,7 +55,7 @@ struct EventStore: Sendable {
             FROM entity_events WHERE function = $1 AND entity_id = $2 AND seq > $3::bigint
             ORDER BY seq LIMIT $4::bigint
             """, [key.function, key.entity, String(seq), String(limit)])
-        return try result.rows.map { row in try Self.event(key, row[0], row[1], row[2], row[3]) }
+        return result.rows.map { row in Self.event(key, row[0], row[1], row[2], row[3]) }
     }
 
     /// What is new for each of `cursors` (entity, last seq sent), up to `limit` per entity: one statement.
@@ -77,20 +77,23 @@ struct EventStore: Sendable {
                 PostgresArray.text(cursors.map(\.0.function)), PostgresArray.text(cursors.map(\.0.entity)),
                 "{" + cursors.map { String($0.1) }.joined(separator: ",") + "}", String(limit),
             ])
-        return try result.rows.compactMap { row in
+        return result.rows.compactMap { row in
             guard let function = row[0], let entity = row[1] else { return nil }
-            return try Self.event(EntityKey(function: function, entity: entity), row[2], row[3], row[4], row[5])
+            return Self.event(EntityKey(function: function, entity: entity), row[2], row[3], row[4], row[5])
         }
     }
 
     private static func event(_ key: EntityKey, _ seq: String?, _ event: String?, _ principal: String?, _ at: String?)
-        throws -> StoredEvent
+        -> StoredEvent
     {
-        let limits = JSONLimits(maxBytes: .max, maxDepth: 256)
+        // jsonb may hold what the JSON layer refuses (a row written before the number check, say): such an event is
+        // shown as its text, rather than failing the page, or the feed of every subscriber.
+        func parsed(_ text: String?) -> JSONValue {
+            guard let text else { return .null }
+            return (try? JSONValue.parse(text, limits: JSONLimits(maxBytes: .max, maxDepth: 256))) ?? .string(text)
+        }
         return StoredEvent(
-            key: key, seq: seq.flatMap { Int64($0) } ?? 0,
-            event: try event.map { try JSONValue.parse($0, limits: limits) } ?? .null,
-            principal: try principal.map { try JSONValue.parse($0, limits: limits) } ?? .null,
+            key: key, seq: seq.flatMap { Int64($0) } ?? 0, event: parsed(event), principal: parsed(principal),
             atMs: at.flatMap { Int64($0) } ?? 0)
     }
 }
@@ -108,6 +111,9 @@ final class EventFeed: Sendable {
         var nextID = 0
         var closed = false
     }
+
+    /// Bytes a subscriber may have waiting before the feed holds back its next frames until it reads.
+    static let watermark = 256 << 10
 
     private let configuration: EventFeedConfiguration
     private let store: EventStore
@@ -184,29 +190,35 @@ final class EventFeed: Sendable {
         var byKey: [EntityKey: [StoredEvent]] = [:]
         for event in events { byKey[event.key, default: []].append(event) }
         let now = clock.now
+        var behind = false
         state.withLock { state in
             for (id, var subscriber) in state.subscribers {
-                var frames: [UInt8] = []
-                var last = subscriber.lastSeq
-                for event in byKey[subscriber.key] ?? [] where event.seq > last {
-                    frames += event.frame
-                    last = event.seq
+                var open = true
+                var wrote = false
+                // Frame by frame, up to a watermark: a backlog goes out over several polls, and the seq moves only
+                // past what was queued.
+                for event in byKey[subscriber.key] ?? [] where event.seq > subscriber.lastSeq {
+                    if subscriber.stream.pendingBytes >= Self.watermark {
+                        behind = true
+                        break
+                    }
+                    guard subscriber.stream.write(event.frame) else {
+                        open = false
+                        break
+                    }
+                    subscriber.lastSeq = event.seq
+                    wrote = true
                 }
-                if frames.isEmpty, now - subscriber.lastWrite >= configuration.heartbeat {
-                    frames = Array(": keep-alive\n\n".utf8)
+                if open, !wrote, now - subscriber.lastWrite >= configuration.heartbeat {
+                    open = subscriber.stream.write(Array(": keep-alive\n\n".utf8))
+                    wrote = true
                 }
-                guard !frames.isEmpty else { continue }
-                if subscriber.stream.write(frames) {
-                    subscriber.lastSeq = last
-                    subscriber.lastWrite = now
-                    state.subscribers[id] = subscriber
-                } else {
-                    state.subscribers[id] = nil
-                }
+                if wrote { subscriber.lastWrite = now }
+                state.subscribers[id] = open ? subscriber : nil
             }
         }
-        // A full page for some entity: more is waiting.
-        if byKey.values.contains(where: { $0.count >= 500 }) { wake() }
+        // A full page for some entity, or a subscriber held back at the watermark: more is waiting.
+        if behind || byKey.values.contains(where: { $0.count >= 500 }) { wake() }
     }
 }
 

@@ -8,12 +8,15 @@ struct ExpiryStore: Sendable {
     let pool: PostgresPool
 
     /// Expires up to `limit` of `function`'s entities untouched for `ttlMs`: each becomes a tombstone (state null,
-    /// version + 1), like a delete, so a version is never reused. Returns how many.
+    /// version + 1), like a delete, so a version is never reused. Returns how many. The age is checked again on the
+    /// row itself, not only in the subquery: a commit that lands on a chosen row while the sweep waits for its lock
+    /// makes it young again (PostgreSQL re-checks the outer condition on the new row version), and it stays.
     func expireStates(of function: String, ttlMs: Int, limit: Int) async throws -> Int {
         try await pool.execute(
             """
             UPDATE entities SET state = 'null'::jsonb, version = version + 1, updated_at = now()
-            WHERE function = $1 AND entity_id IN (
+            WHERE function = $1 AND updated_at < now() - $2::bigint * INTERVAL '1 millisecond'
+                AND state <> 'null'::jsonb AND entity_id IN (
                 SELECT entity_id FROM entities
                 WHERE function = $1 AND updated_at < now() - $2::bigint * INTERVAL '1 millisecond'
                     AND state <> 'null'::jsonb

@@ -131,17 +131,20 @@ public final class Gateway: Sendable {
     }
 
     public func handle(_ request: HTTPRequest) async -> HTTPResponse {
-        await handle(request, context: RequestContext())
+        await handle(request, context: RequestContext()).response
     }
 
     /// Runs one outbox row as the command (or action) it names, as its source's principal, with the row's id as
     /// its Idempotency-Key, through the same path as a client's request.
     func runEffect(_ row: OutboxRow) async -> EffectOutcome {
-        let sourceManifest = catalog.withLock { $0.functions[row.sourceFunction]?.manifest }
-        let scopes = sourceManifest.map { $0.effectScopes.isEmpty ? ["invoke:\(row.sourceFunction)"] : $0.effectScopes }
+        guard let sourceManifest = catalog.withLock({ $0.functions[row.sourceFunction]?.manifest }) else {
+            // Its scopes are its source's: a source that is gone for a moment (a reload) is waited for, and one
+            // that is gone for good runs out of attempts.
+            return .retry("503: the effect's source function \(row.sourceFunction) is not loaded")
+        }
+        let scopes = sourceManifest.effectScopes.isEmpty ? ["invoke:\(row.sourceFunction)"] : sourceManifest.effectScopes
         var context = RequestContext()
-        context.effectPrincipal = Principal(
-            subject: "fn:\(row.sourceFunction)/\(row.sourceEntity)", scopes: scopes ?? [])
+        context.effectPrincipal = Principal(subject: "fn:\(row.sourceFunction)/\(row.sourceEntity)", scopes: scopes)
         var path = "/v1/" + row.function
         if let entity = row.entity { path += "/" + Self.percentEncoded(entity) }
         path += "/" + row.command
@@ -149,11 +152,14 @@ public final class Gateway: Sendable {
             method: "POST", path: path, query: [],
             headers: HTTPHeaders([("content-type", "application/json"), ("idempotency-key", row.id)]),
             body: Array(row.payload.utf8), requestID: "effect-\(row.id)-\(row.attempts)")
-        let response = await handle(request, context: context)
+        let (response, refused) = await handle(request, context: context)
         response.afterSending?()
         let detail = (try? JSONValue.parse(response.body, limits: JSONLimits(maxBytes: .max, maxDepth: 64)))?["detail"]?
             .stringValue ?? ""
-        return EffectOutcome(status: response.status, detail: detail)
+        // A refusal is final, whatever its status: the function's own answer (stored under the key, so a re-run
+        // would only replay it), or a replay of one.
+        let replayedRefusal = response.status >= 400 && response.headers.contains { $0.name == "Idempotent-Replayed" }
+        return EffectOutcome(status: response.status, detail: detail, refusal: refused || replayedRefusal)
     }
 
     /// Every byte but the unreserved ones as %XX, so that any valid id survives `Route.parse`.
@@ -172,15 +178,18 @@ public final class Gateway: Sendable {
         return String(decoding: out, as: UTF8.self)
     }
 
-    private func handle(_ request: HTTPRequest, context: RequestContext) async -> HTTPResponse {
+    /// The response, and whether it is a function's refusal (a business error).
+    private func handle(_ request: HTTPRequest, context: RequestContext) async -> (response: HTTPResponse, refusal: Bool) {
         let started = ContinuousClock.now
         var context = context
         var response: HTTPResponse
+        var refusal = false
         do {
             response = try await route(request, &context)
         } catch {
             let failure = GatewayError.from(error)
             context.logDetail = failure.logDetail
+            refusal = failure.isBusinessError
             response = failure.response(requestID: request.requestID)
         }
         // From here to the server's hand-off there is no suspension point, so a shutdown that waits for leases
@@ -191,7 +200,7 @@ public final class Gateway: Sendable {
         response.afterSending = { [self, context, status = response.status] in
             log(request, status: status, context, elapsed: elapsed)
         }
-        return response
+        return (response, refusal)
     }
 
     private func route(_ request: HTTPRequest, _ context: inout RequestContext) async throws -> HTTPResponse {
@@ -209,13 +218,17 @@ public final class Gateway: Sendable {
         case .outboxRetry(let id):
             _ = try await authorize(request, &context, .admin, function: nil, entity: nil, isPublic: false)
             guard OutboxStore.isUUID(id) else { throw GatewayError(400, "an outbox id is a UUID") }
-            guard try await outbox.revive(id) else {
+            switch try await outbox.revive(id) {
+            case .pending:
+                dispatcher.wake()
+                return .json(["id": .string(id), "state": "pending"])
+            case .alreadyDone:
+                return .json(["id": .string(id), "state": "done"])
+            case .notDead:
                 throw try await outbox.exists(id)
                     ? GatewayError(409, "outbox row \(id) is not dead-lettered; it is pending already")
                     : GatewayError(404, "no outbox row \(id)")
             }
-            dispatcher.wake()
-            return .json(["id": .string(id), "state": "pending"])
         case .list(let function):
             context.function = function
             _ = try await lookup(function, stateless: false, request, &context, .read, entity: nil)
@@ -332,7 +345,7 @@ public final class Gateway: Sendable {
             if isPublic { return nil }
             throw AuthError(.missing, "credentials are required: Authorization: Bearer <API key or JWT>")
         }
-        guard !principal.subject.hasPrefix("fn:") else {
+        guard !principal.subject.utf8.starts(with: "fn:".utf8) else {
             // `fn:<function>/<entity>` is how a function's effects are known; no credential may pass as one.
             throw AuthError(.invalidClaims, "subjects starting with fn: are reserved for functions' effects")
         }

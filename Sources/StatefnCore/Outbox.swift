@@ -23,6 +23,9 @@ public struct OutboxRow: Sendable, Equatable {
     public var sourceEntity: String
     /// Runs so far, this one included.
     public var attempts: Int
+    /// The claim's `claimed_until`, as the database printed it: what marks the claim as this run's. A run that
+    /// outlived its lease writes nothing over the claim of the replica that took the row over.
+    public var claim: String = ""
 }
 
 public struct OutboxConfiguration: Sendable {
@@ -59,10 +62,11 @@ struct OutboxStore: Sendable {
                     attempts = outbox.attempts + 1
                 FROM due WHERE outbox.id = due.id
                 RETURNING outbox.id, outbox.function, outbox.entity_id, outbox.command, outbox.payload,
-                    outbox.source_function, outbox.source_entity, outbox.attempts
+                    outbox.source_function, outbox.source_entity, outbox.attempts, outbox.claimed_until
             )
             SELECT next.wait_ms, claimed.id::text, claimed.function, claimed.entity_id, claimed.command,
-                claimed.payload::text, claimed.source_function, claimed.source_entity, claimed.attempts
+                claimed.payload::text, claimed.source_function, claimed.source_entity, claimed.attempts,
+                claimed.claimed_until::text
             FROM (
                 SELECT CAST(ceil(extract(epoch FROM min(not_before) - now()) * 1000) AS bigint) AS wait_ms
                 FROM outbox WHERE dead_at IS NULL AND not_before > now()
@@ -78,7 +82,7 @@ struct OutboxStore: Sendable {
             rows.append(
                 OutboxRow(
                     id: id, function: function, entity: row[3], command: command, payload: row[5] ?? "null",
-                    sourceFunction: source, sourceEntity: sourceEntity, attempts: attempts))
+                    sourceFunction: source, sourceEntity: sourceEntity, attempts: attempts, claim: row[9] ?? ""))
         }
         return (rows, nextDue)
     }
@@ -90,49 +94,86 @@ struct OutboxStore: Sendable {
     }
 
     /// Gives claims back (a draining dispatcher that did not run them), without counting the run.
-    func release(_ ids: [String]) async throws {
-        guard !ids.isEmpty else { return }
-        _ = try await pool.execute(
-            "UPDATE outbox SET claimed_until = NULL, attempts = attempts - 1 WHERE id = ANY($1::uuid[])",
-            [Self.uuidArray(ids)])
+    func release(_ rows: [OutboxRow]) async throws {
+        for row in rows {
+            _ = try await pool.execute(
+                """
+                UPDATE outbox SET claimed_until = NULL, attempts = attempts - 1
+                WHERE id = $1::uuid AND claimed_until = $2::timestamptz
+                """, [row.id, row.claim])
+        }
     }
 
-    /// Runs the row again after `delayMs`.
-    func retryLater(_ id: String, delayMs: Int64, error: String) async throws {
+    /// Runs the row again after `delayMs`, if the claim is still this run's.
+    func retryLater(_ row: OutboxRow, delayMs: Int64, error: String) async throws {
         _ = try await pool.execute(
             """
             UPDATE outbox SET claimed_until = NULL, last_error = $3,
                 not_before = now() + $2::bigint * INTERVAL '1 millisecond'
-            WHERE id = $1::uuid
-            """, [id, String(delayMs), error])
+            WHERE id = $1::uuid AND claimed_until = $4::timestamptz
+            """, [row.id, String(delayMs), error, row.claim])
     }
 
-    func deadLetter(_ id: String, error: String) async throws {
+    /// Dead-letters the row, if the claim is still this run's.
+    func deadLetter(_ row: OutboxRow, error: String) async throws {
         _ = try await pool.execute(
-            "UPDATE outbox SET claimed_until = NULL, dead_at = now(), last_error = $2 WHERE id = $1::uuid", [id, error])
+            """
+            UPDATE outbox SET claimed_until = NULL, dead_at = now(), last_error = $2
+            WHERE id = $1::uuid AND claimed_until = $3::timestamptz
+            """, [row.id, error, row.claim])
     }
 
-    /// Makes a dead row pending again, due now, with its attempts reset. False if no dead row has that id.
+    /// What `revive` did with a dead row.
+    enum Revival: Equatable {
+        case pending
+        /// Its command had taken effect after all (a 2xx stored under its key: its last run's answer was lost), so
+        /// the row was deleted rather than run again.
+        case alreadyDone
+        case notDead
+    }
+
+    /// Makes a dead row pending again, due now, with its attempts reset.
     ///
-    /// The refusal that killed it was stored under the row's Idempotency-Key like any answer, and would only be
-    /// replayed: it goes in the same transaction. Nothing else can be under that key, since a refusal commits
-    /// nothing, and a row that died of 5xx answers left no record.
-    func revive(_ id: String) async throws -> Bool {
+    /// A refusal (4xx) that killed it was stored under the row's Idempotency-Key like any answer, and would only be
+    /// replayed: it is dropped in the same transaction (a refusal commits nothing, so nothing else hangs on it). A
+    /// 2xx under the key means the command took effect in a run whose answer was lost: then the row goes instead.
+    func revive(_ id: String) async throws -> Revival {
         try await pool.withConnection { db in
             _ = try db.execute("BEGIN")
-            let revived = try db.execute(
+            let dead = try db.execute(
                 """
-                UPDATE outbox SET dead_at = NULL, claimed_until = NULL, attempts = 0, not_before = now()
-                WHERE id = $1::uuid AND dead_at IS NOT NULL
-                RETURNING function, entity_id, source_function, source_entity
+                SELECT function, entity_id, source_function, source_entity FROM outbox
+                WHERE id = $1::uuid AND dead_at IS NOT NULL FOR UPDATE
                 """, [id])
-            if let row = revived.rows.first, let entity = row[1] {
+            guard let row = dead.rows.first else {
+                _ = try db.execute("ROLLBACK")
+                return .notDead
+            }
+            var revival = Revival.pending
+            if let entity = row[1] {
+                let record: [String?] = ["fn:\(row[2] ?? "")/\(row[3] ?? "")", row[0], entity, id]
+                let stored = try db.execute(
+                    "SELECT status FROM idempotency WHERE caller = $1 AND function = $2 AND entity_id = $3 AND key = $4",
+                    record)
+                if let status = stored.rows.first?[0].flatMap({ Int($0) }), (200..<300).contains(status) {
+                    revival = .alreadyDone
+                } else {
+                    _ = try db.execute(
+                        "DELETE FROM idempotency WHERE caller = $1 AND function = $2 AND entity_id = $3 AND key = $4",
+                        record)
+                }
+            }
+            if revival == .alreadyDone {
+                _ = try db.execute("DELETE FROM outbox WHERE id = $1::uuid", [id])
+            } else {
                 _ = try db.execute(
-                    "DELETE FROM idempotency WHERE caller = $1 AND function = $2 AND entity_id = $3 AND key = $4",
-                    ["fn:\(row[2] ?? "")/\(row[3] ?? "")", row[0], entity, id])
+                    """
+                    UPDATE outbox SET dead_at = NULL, claimed_until = NULL, attempts = 0, not_before = now()
+                    WHERE id = $1::uuid
+                    """, [id])
             }
             _ = try db.execute("COMMIT")
-            return revived.rows.count == 1
+            return revival
         }
     }
 
@@ -185,14 +226,17 @@ extension UInt8 {
 enum EffectOutcome: Sendable, Equatable {
     /// It took effect (or had already: a replayed answer): delete the row.
     case done
-    /// Worth another try (a 5xx, a timeout, a 409 past the conflict budget, a 429).
+    /// Worth another try (a 5xx, a timeout, the gateway's own 409 past the conflict budget, a 429).
     case retry(String)
-    /// It will never succeed as it is (a 4xx: unknown function or command, a refusal, no scope): dead-letter it.
+    /// It will never succeed as it is (a 4xx: unknown function or command, no scope; or the function's own refusal,
+    /// whatever its status): dead-letter it.
     case dead(String)
 
-    init(status: Int, detail: String) {
+    /// `refusal`: the target function's own answer (a business error), final whatever its status.
+    init(status: Int, detail: String, refusal: Bool = false) {
         switch status {
         case 200..<300: self = .done
+        case _ where refusal: self = .dead("\(status): \(detail)")
         case 408, 409, 425, 429, 500...599: self = .retry("\(status): \(detail)")
         default: self = .dead("\(status): \(detail)")
         }
@@ -246,9 +290,10 @@ final class OutboxDispatcher: Sendable {
         let outcomes = await withTaskGroup(of: (OutboxRow, EffectOutcome?).self) { group in
             for row in rows {
                 group.addTask {
-                    // A dispatcher told to stop does not start what it claimed: the claim goes back.
+                    // A dispatcher told to stop does not start what it claimed: the claim goes back. What it started
+                    // runs in a task of its own, which the stop does not cancel: it finishes, and its outcome counts.
                     if Task.isCancelled { return (row, nil) }
-                    return (row, await runner(row))
+                    return (row, await Task { await runner(row) }.value)
                 }
             }
             var outcomes: [(OutboxRow, EffectOutcome?)] = []
@@ -256,26 +301,26 @@ final class OutboxDispatcher: Sendable {
             return outcomes
         }
         var done: [String] = []
-        var unstarted: [String] = []
+        var unstarted: [OutboxRow] = []
         for (row, outcome) in outcomes {
             switch outcome {
-            case nil: unstarted.append(row.id)
+            case nil: unstarted.append(row)
             case .done?: done.append(row.id)
             case .retry(let why)? where row.attempts >= configuration.maxAttempts:
-                await settle(row) { try await self.store.deadLetter(row.id, error: why) }
+                await settle(row) { try await self.store.deadLetter(row, error: why) }
                 logger.warning(
                     "effect dead-lettered after its last attempt",
                     metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)", "attempts": "\(row.attempts)",
                         "error": "\(why)"])
             case .retry(let why)?:
                 let delay = backoff(attempt: row.attempts)
-                await settle(row) { try await self.store.retryLater(row.id, delayMs: delay, error: why) }
+                await settle(row) { try await self.store.retryLater(row, delayMs: delay, error: why) }
                 logger.notice(
                     "effect failed; retrying",
                     metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)", "attempt": "\(row.attempts)",
                         "retry_in_ms": "\(delay)", "error": "\(why)"])
             case .dead(let why)?:
-                await settle(row) { try await self.store.deadLetter(row.id, error: why) }
+                await settle(row) { try await self.store.deadLetter(row, error: why) }
                 logger.warning(
                     "effect dead-lettered", metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)",
                         "error": "\(why)"])

@@ -7,7 +7,7 @@ import Synchronization
 /// calls `write` from any thread, and `finish` to end the response.
 ///
 /// The writer never blocks: bytes wait here until the connection takes them. A client that does not read is cut
-/// off once `bufferLimit` bytes are waiting, and `write` says so.
+/// off when a write finds more than `bufferLimit` bytes still waiting, and `write` says so.
 public final class HTTPStream: Sendable {
     struct State {
         var pending: [UInt8] = []
@@ -35,7 +35,9 @@ public final class HTTPStream: Sendable {
     public func write(_ bytes: [UInt8]) -> Bool {
         locked.withLock { locked in
             guard !locked.state.finished, !locked.state.released else { return false }
-            guard locked.state.pending.count + bytes.count <= bufferLimit else {
+            // A write always fits when the client has kept up, however large; one that has not read what waits
+            // is cut off.
+            guard locked.state.pending.count <= bufferLimit else {
                 locked.state.pending = []
                 locked.state.finished = true
                 Self.unpark(&locked.state)
@@ -53,6 +55,11 @@ public final class HTTPStream: Sendable {
             locked.state.finished = true
             Self.unpark(&locked.state)
         }
+    }
+
+    /// Bytes queued and not yet taken by the connection.
+    public var pendingBytes: Int {
+        locked.withLock { $0.state.pending.count }
     }
 
     /// Whether the stream still takes bytes.

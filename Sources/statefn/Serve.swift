@@ -235,32 +235,33 @@ struct Serve: AsyncParsableCommand {
     /// The dispatcher's and the event feed's settings, from their flags.
     private func backgroundConfiguration() throws -> (OutboxConfiguration, EventFeedConfiguration) {
         var outbox = OutboxConfiguration()
-        outbox.pollInterval = try DurationText.parse(outboxPoll, flag: "--outbox-poll")
-        guard outbox.pollInterval >= .milliseconds(10), outbox.pollInterval <= .seconds(60) else {
-            throw ValidationError("--outbox-poll must be from 10ms to 60s, got \(outboxPoll)")
-        }
-        guard let attempts = Int(outboxMaxAttempts), (1...1000).contains(attempts) else {
-            throw ValidationError("--outbox-max-attempts must be a whole number from 1 to 1000, got \(outboxMaxAttempts)")
-        }
-        outbox.maxAttempts = attempts
-        outbox.lease = try DurationText.parse(outboxLease, flag: "--outbox-lease")
-        guard outbox.lease >= .seconds(1) else {
-            throw ValidationError("--outbox-lease must be at least 1s, got \(outboxLease)")
-        }
+        outbox.pollInterval = try duration(outboxPoll, "--outbox-poll", from: (.milliseconds(10), "10ms"), to: (.seconds(60), "60s"))
+        outbox.maxAttempts = try count(outboxMaxAttempts, "--outbox-max-attempts", in: 1...1000)
+        outbox.lease = try duration(outboxLease, "--outbox-lease", from: (.seconds(1), "1s"), to: (.seconds(86400), "24h"))
         var feed = EventFeedConfiguration()
-        feed.pollInterval = try DurationText.parse(feedPoll, flag: "--feed-poll")
-        guard feed.pollInterval >= .milliseconds(10), feed.pollInterval <= .seconds(60) else {
-            throw ValidationError("--feed-poll must be from 10ms to 60s, got \(feedPoll)")
-        }
-        guard let subscribers = Int(maxSubscribers), (0...100_000).contains(subscribers) else {
-            throw ValidationError("--max-subscribers must be a whole number from 0 to 100000, got \(maxSubscribers)")
-        }
-        feed.maxSubscribers = subscribers
-        feed.heartbeat = try DurationText.parse(sseHeartbeat, flag: "--sse-heartbeat")
-        guard feed.heartbeat >= .seconds(1) else {
-            throw ValidationError("--sse-heartbeat must be at least 1s, got \(sseHeartbeat)")
-        }
+        feed.pollInterval = try duration(feedPoll, "--feed-poll", from: (.milliseconds(10), "10ms"), to: (.seconds(60), "60s"))
+        feed.maxSubscribers = try count(maxSubscribers, "--max-subscribers", in: 0...100_000)
+        feed.heartbeat = try duration(sseHeartbeat, "--sse-heartbeat", from: (.seconds(1), "1s"), to: (.seconds(3600), "1h"))
         return (outbox, feed)
+    }
+
+    /// A duration flag within bounds, each given with its spelling for the message.
+    private func duration(
+        _ text: String, _ flag: String, from low: (Duration, String), to high: (Duration, String)
+    ) throws -> Duration {
+        let value = try DurationText.parse(text, flag: flag)
+        guard value >= low.0, value <= high.0 else {
+            throw ValidationError("\(flag) must be from \(low.1) to \(high.1), got \(text)")
+        }
+        return value
+    }
+
+    private func count(_ text: String, _ flag: String, in range: ClosedRange<Int>) throws -> Int {
+        guard let value = Int(text), range.contains(value) else {
+            throw ValidationError(
+                "\(flag) must be a whole number from \(range.lowerBound) to \(range.upperBound), got \(text)")
+        }
+        return value
     }
 
     /// The conflict budget, the cache and idempotency, from their flags; a malformed value is refused by name.

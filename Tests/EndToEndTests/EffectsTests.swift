@@ -105,7 +105,7 @@ struct EffectsTests {
         }
         try await Task.sleep(for: .milliseconds(500))
         #expect(try await Self.fired(database, prefix: "later") == (3, 0), "a timer fired twice")
-        #expect(try await Self.pending(database) == 0)
+        #expect(try await Self.eventually(5) { try await Self.pending(database) == 0 })
         #expect(gateway.stop() == 0)
     }
 
@@ -120,7 +120,11 @@ struct EffectsTests {
         let restarted = try await Self.start(1, database: database)[0]
         #expect(try await Self.eventually(12) { try await Self.fired(database, prefix: "survivor") == (20, 0) })
         let fired = try await Self.eventTimes(restarted, "/v1/timer/survivor-0", type: "fired")
-        #expect(fired.count == 1)
+        let armed = try await Self.eventTimes(restarted, "/v1/timer/survivor", type: "armed")
+        #expect(fired.count == 1 && armed.count == 1)
+        if let firedAt = fired.first, let armedAt = armed.first {
+            #expect(firedAt.timeIntervalSince(armedAt) >= 2.5, "a timer fired early, by the database's clock")
+        }
         #expect(Date().timeIntervalSince(armedAt) >= 2.5)
         #expect(try await Self.eventually(5) { try await Self.pending(database) == 0 })
         #expect(restarted.stop() == 0)
@@ -173,6 +177,19 @@ struct EffectsTests {
                     AND t.entity_id = e.entity_id || '-0')
             FROM entities e WHERE e.function = 'timer' AND e.entity_id LIKE 'atom%' AND e.entity_id NOT LIKE '%-0'
             """)
+        // Nothing of a command without the rest: no event, no effect and no fired target whose state is missing.
+        let orphans = try await Self.sql(
+            database,
+            """
+            SELECT (SELECT count(*) FROM entity_events v WHERE v.function = 'timer' AND v.entity_id LIKE 'atom%'
+                    AND v.entity_id NOT LIKE '%-0' AND NOT EXISTS (SELECT 1 FROM entities e
+                    WHERE e.function = 'timer' AND e.entity_id = v.entity_id)),
+                (SELECT count(*) FROM entities t WHERE t.function = 'timer' AND t.entity_id LIKE 'atom%-0'
+                    AND NOT EXISTS (SELECT 1 FROM entities e WHERE e.function = 'timer'
+                    AND e.entity_id || '-0' = t.entity_id)),
+                (SELECT count(*) FROM outbox)
+            """)
+        #expect(orphans.first == ["0", "0", "0"], "orphans: \(orphans)")
         let committed = Set(rows.map { $0[0] ?? "" })
         for index in acknowledged { #expect(committed.contains("atom\(index)"), "acknowledged atom\(index) was lost") }
         for row in rows {
@@ -189,12 +206,15 @@ struct EffectsTests {
         #expect(try await Self.post(gateway, "/v1/timer/b/arm", #"{"count":1,"command":"boom"}"#).status == 200)
         #expect(
             try await Self.post(gateway, "/v1/timer/x/arm", #"{"count":1,"function":"register"}"#).status == 200)
+        #expect(try await Self.post(gateway, "/v1/timer/c/arm", #"{"count":1,"command":"conflicted"}"#).status == 200)
         var dead: [JSONValue] = []
         #expect(
             try await Self.eventually(5) {
                 dead = try await Self.get(gateway, "/v1/outbox?state=dead")["effects"]?.arrayValue ?? []
-                return dead.count == 3
+                return dead.count == 4
             })
+        // The function's own 409 is a refusal like any other: dead at once, not retried twenty times.
+        #expect(dead.first { $0["entity"] == "c-0" }?["attempts"] == 1)
         let guarded = dead.first { $0["entity"] == "g-0" }
         #expect(guarded?["command"] == "guarded" && guarded?["attempts"] == 1)
         #expect(guarded?["source_function"] == "timer" && guarded?["source_entity"] == "g")
@@ -212,8 +232,24 @@ struct EffectsTests {
         #expect(try await Self.eventually(3) { try await Self.fired(database, prefix: "g") == (1, 0) })
         #expect(try await Self.post(gateway, "/v1/outbox/\(id)/retry", "").status == 404)
         #expect(try await Self.post(gateway, "/v1/outbox/not-a-uuid/retry", "").status == 400)
-        let pendingID = dead.first { $0["entity"] == "b-0" }?["id"]?.stringValue ?? ""
-        _ = try await Self.post(gateway, "/v1/outbox/\(pendingID)/retry", "")
+        // A retry of a row that is still refused runs it again (its stored refusal went with the retry), and it dies
+        // again: one more attempt, not a replay.
+        let boomID = dead.first { $0["entity"] == "b-0" }?["id"]?.stringValue ?? ""
+        #expect(try await Self.post(gateway, "/v1/outbox/\(boomID)/retry", "").status == 200)
+        #expect(
+            try await Self.eventually(5) {
+                let rows = try await Self.get(gateway, "/v1/outbox?state=dead")["effects"]?.arrayValue ?? []
+                return rows.contains { $0["id"]?.stringValue == boomID && $0["attempts"] == 1 }
+            })
+        // Only admin sees and retries the outbox, and deletes; no credential may pass as a function's effect.
+        let reader = try AuthTests.createKey(database, name: "reader", scopes: ["read:*", "invoke:*"])
+        let impostor = try AuthTests.createKey(database, name: "fn:timer/g", scopes: ["admin:*"])
+        for (key, status) in [(reader, 403), (impostor, 401)] {
+            let client = TestHTTPClient(port: gateway.port, defaultHeaders: ["Authorization": "Bearer " + key])
+            #expect(try client.request("GET", "/v1/outbox").status == status)
+            #expect(try client.request("POST", "/v1/outbox/\(boomID)/retry").status == status)
+            #expect(try client.request("DELETE", "/v1/timer/g-0").status == status)
+        }
         #expect(try await ExactlyOnceTests.get(gateway, "/v1/outbox?state=bogus").status == 400)
         let anonymous = try await onThread { try TestHTTPClient(port: gateway.port).request("GET", "/v1/outbox") }
         #expect(anonymous.status == 401)

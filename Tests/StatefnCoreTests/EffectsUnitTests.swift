@@ -24,7 +24,7 @@ struct EffectsUnitTests {
         }
     }
 
-    @Test("a 2xx is done; 5xx, 408, 409, 425 and 429 retry; any other 4xx dead-letters at once")
+    @Test("a 2xx is done; 5xx and the gateway's own 408, 409, 425 and 429 retry; other 4xx and refusals are dead")
     func outcomes() {
         #expect(EffectOutcome(status: 200, detail: "") == .done)
         for status in [500, 502, 503, 504, 408, 409, 425, 429] {
@@ -36,6 +36,10 @@ struct EffectsUnitTests {
         }
         for status in [400, 401, 403, 404, 412, 413, 415, 422] {
             #expect(EffectOutcome(status: status, detail: "d") == .dead("\(status): d"))
+        }
+        // The function's own refusal is final whatever its status: a re-run would only replay it.
+        for status in [409, 429, 400] {
+            #expect(EffectOutcome(status: status, detail: "d", refusal: true) == .dead("\(status): d"))
         }
     }
 

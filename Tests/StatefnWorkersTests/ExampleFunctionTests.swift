@@ -240,6 +240,13 @@ import Testing
                 let bad = try await call("4", "start", payload, principal: client)
                 #expect(bad["error"]?["status"] == 400, "payload \(payload)")
             }
+            // Only alice (or an admin) moves alice's money, though the debit runs with transfer's own scopes.
+            let mallory: JSONValue = ["sub": "mallory", "scopes": ["invoke:transfer/*"]]
+            let stolen = try await call("4b", "start", parameters, principal: mallory)
+            #expect(stolen["error"]?["status"] == 403 && stolen["effects"] == nil)
+            #expect(stolen["error"]?["code"] == "not_your_account")
+            let admin: JSONValue = ["sub": "ops", "scopes": ["admin:*"]]
+            #expect(try await call("4c", "start", parameters, principal: admin)["reply"] == ["status": "debiting"])
             let forbidden = try await call("5", "debited", ["amount": 30], state: debiting, principal: client)
             #expect(forbidden["error"]?["status"] == 403)
             #expect(forbidden["error"]?["code"] == "internal_command")
