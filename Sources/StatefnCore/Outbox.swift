@@ -251,7 +251,7 @@ final class OutboxDispatcher: Sendable {
     private let store: OutboxStore
     private let logger: Logger
     private let wakeups = WakeUp()
-    private let runner: Mutex<Runner?> = Mutex(nil)
+    private let runningBatches = Atomic<Int>(0)
 
     init(configuration: OutboxConfiguration, pool: PostgresPool, logger: Logger) {
         self.configuration = configuration
@@ -266,25 +266,41 @@ final class OutboxDispatcher: Sendable {
     /// start, and lets what it started finish.
     func run(_ runner: @escaping Runner) async {
         let clock = ContinuousClock()
-        while !Task.isCancelled {
-            var nextDueMs: Int64?
-            do {
-                let (rows, next) = try await store.claim(
-                    limit: configuration.batchSize, leaseMs: configuration.lease.totalMilliseconds)
-                nextDueMs = next
-                if !rows.isEmpty {
-                    await runBatch(rows, runner)
-                    if rows.count == configuration.batchSize { continue }
-                    continue  // Finished rows may have committed new effects due now: look again at once.
+        // Batches run side by side, up to `concurrentBatches`: a slow effect holds only its own batch, and due rows
+        // behind it (a timer) are claimed meanwhile. Leaving the group waits for the batches under way.
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled {
+                if runningBatches.load(ordering: .acquiring) >= Self.concurrentBatches {
+                    await wakeups.wait(upTo: .milliseconds(50), clock: clock)
+                    continue
                 }
-            } catch {
-                logger.warning("outbox claim failed", metadata: ["error": "\(error)"])
+                var nextDueMs: Int64?
+                do {
+                    let (rows, next) = try await store.claim(
+                        limit: configuration.batchSize, leaseMs: configuration.lease.totalMilliseconds)
+                    nextDueMs = next
+                    if !rows.isEmpty {
+                        runningBatches.add(1, ordering: .acquiringAndReleasing)
+                        group.addTask {
+                            await self.runBatch(rows, runner)
+                            self.runningBatches.subtract(1, ordering: .acquiringAndReleasing)
+                            // Finished rows may have committed new effects due now: look again at once.
+                            self.wakeups.signal()
+                        }
+                        continue
+                    }
+                } catch {
+                    logger.warning("outbox claim failed", metadata: ["error": "\(error)"])
+                }
+                var wait = configuration.pollInterval
+                if let nextDueMs { wait = min(wait, .milliseconds(max(1, nextDueMs))) }
+                await wakeups.wait(upTo: wait, clock: clock)
             }
-            var wait = configuration.pollInterval
-            if let nextDueMs { wait = min(wait, .milliseconds(max(1, nextDueMs))) }
-            await wakeups.wait(upTo: wait, clock: clock)
         }
     }
+
+    /// Batches of claimed rows running at once in one replica.
+    static let concurrentBatches = 4
 
     private func runBatch(_ rows: [OutboxRow], _ runner: @escaping Runner) async {
         let outcomes = await withTaskGroup(of: (OutboxRow, EffectOutcome?).self) { group in
@@ -349,42 +365,86 @@ final class OutboxDispatcher: Sendable {
     }
 }
 
-/// A wake-up signal for a polling loop: `wait` returns at its timeout, or sooner once signalled.
+/// A wake-up signal for a polling loop: `wait` returns at its timeout, or as soon as it is signalled. The waiter
+/// sleeps (no timer ticks while idle); `signal` resumes it.
 final class WakeUp: Sendable {
     private struct State {
         var signalled = false
         /// A signal for later: a timer committed here, due in a while.
         var dueAt: ContinuousClock.Instant?
+        var waiter: CheckedContinuation<Void, Never>?
+        /// Which wait the waiter belongs to, so that a late timeout never resumes a newer wait.
+        var generation = 0
     }
     private let state = Mutex(State())
 
     func signal(afterMs delayMs: Int64 = 0) {
-        state.withLock { state in
-            if delayMs <= 0 {
-                state.signalled = true
-            } else {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if delayMs > 0 {
                 let due = ContinuousClock.now.advanced(by: .milliseconds(delayMs))
                 state.dueAt = min(state.dueAt ?? due, due)
+                // The waiter is woken to shorten its sleep to the new due time.
+            } else {
+                state.signalled = true
             }
+            defer { state.waiter = nil }
+            return state.waiter
         }
+        waiter?.resume()
     }
 
-    /// Waits up to `limit`, in 2 ms steps, until signalled (or a signalled due time arrives).
+    /// Waits up to `limit` (less, when a signalled due time comes sooner), or until signalled or cancelled.
     func wait(upTo limit: Duration, clock: ContinuousClock) async {
         let deadline = clock.now.advanced(by: limit)
         while !Task.isCancelled {
             let now = clock.now
-            let go = state.withLock { state -> Bool in
+            let (go, wake) = state.withLock { state -> (Bool, ContinuousClock.Instant) in
                 if let due = state.dueAt, due <= now {
                     state.dueAt = nil
                     state.signalled = true
                 }
                 defer { state.signalled = false }
-                return state.signalled
+                return (state.signalled, min(deadline, state.dueAt ?? deadline))
             }
             if go || now >= deadline { return }
-            try? await Task.sleep(for: .milliseconds(2))
+            await sleep(until: wake)
         }
+    }
+
+    /// Sleeps until `instant`, a signal, or cancellation, whichever comes first.
+    private func sleep(until instant: ContinuousClock.Instant) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let (generation, resumeNow) = state.withLock { state -> (Int, Bool) in
+                    // Signalled (or given an earlier due time) since `wait` looked, or cancelled: do not sleep.
+                    guard !state.signalled, state.dueAt.map({ $0 >= instant }) ?? true, !Task.isCancelled else {
+                        return (0, true)
+                    }
+                    state.generation += 1
+                    state.waiter = continuation
+                    return (state.generation, false)
+                }
+                if resumeNow {
+                    continuation.resume()
+                    return
+                }
+                Task {
+                    try? await Task.sleep(until: instant, clock: .continuous)
+                    self.resumeWaiter(ifGeneration: generation)
+                }
+            }
+        } onCancel: {
+            resumeWaiter(ifGeneration: nil)
+        }
+    }
+
+    private func resumeWaiter(ifGeneration generation: Int?) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard generation == nil || state.generation == generation else { return nil }
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
     }
 }
 

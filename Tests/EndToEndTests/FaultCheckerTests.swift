@@ -53,7 +53,9 @@ struct FaultCheckerTests {
         #expect(report.phantoms == 0, "present but never attempted: \(report.examples)")
         #expect(report.replyAnomalies == 0, "counter replies not a permutation of 1...n: \(report.examples)")
         #expect(report.readyAfterFaults, "a replica did not become ready again after the faults")
-        #expect(report.replicaDisagreements == 0, "a replica's raw state or query answer differs from the database's")
+        #expect(
+            report.replicaDisagreements == 0,
+            "a replica's raw state or query answer differs from the database's: \(report.examples)")
         #expect(
             report.probeFailures == 0, "a repeated Idempotency-Key was not replayed as stored: \(report.probeNotes)")
         #expect(report.unexpectedStatuses.isEmpty, "statuses a retry cannot fix: \(report.unexpectedStatuses)")
@@ -514,7 +516,9 @@ extension FaultCheckerTests {
             report.injected40001 = try await injected40001()
             let states = try await finalStates()
             report.check(operations: operations, states: states, counters: counters, sets: sets)
-            report.replicaDisagreements = try await onThread { self.compareReplicas(with: states) }
+            let (disagreements, notes) = try await onThread { self.compareReplicas(with: states) }
+            report.replicaDisagreements = disagreements
+            report.examples += notes
             // Last, as they would otherwise count among the doubled: repeats of acknowledged operations change nothing.
             report.probeNotes = try await onThread { self.probeReplays(operations) }
             let afterProbes = try await finalStates()
@@ -564,26 +568,48 @@ extension FaultCheckerTests {
         }
 
         /// The raw state (`GET /v1/tally/<e>`) and the `get` query's answer on every replica, against the database's.
-        private func compareReplicas(with states: [String: JSONValue]) -> Int {
-            func parse(_ response: TestHTTPResponse?) -> JSONValue? {
-                guard let response, response.status == 200 else { return nil }
-                return try? JSONValue.parse(response.text, limits: JSONLimits(maxBytes: .max, maxDepth: 16))
+        /// How many answers of the replicas differ from the database's final states, with the first few described.
+        /// A request that fails (a stale connection after a restart, say) is tried again, up to three times: only a
+        /// 200 or 404 answer that differs, or no answer at all, is a disagreement.
+        private func compareReplicas(with states: [String: JSONValue]) -> (count: Int, notes: [String]) {
+            func fetch(_ client: TestHTTPClient, _ path: String) -> (JSONValue?, String) {
+                var last = "no answer"
+                for _ in 0..<3 {
+                    do {
+                        let response = try client.request("GET", path)
+                        if response.status == 404 { return (nil, response.text) }
+                        if response.status == 200 {
+                            let value = try? JSONValue.parse(response.text, limits: JSONLimits(maxBytes: .max, maxDepth: 16))
+                            return (value, response.text)
+                        }
+                        last = "\(response.status) \(response.text)"
+                    } catch {
+                        last = "\(error)"
+                    }
+                    Thread.sleep(forTimeInterval: 0.2)
+                }
+                return (nil, last)
             }
             var disagreements = 0
+            var notes: [String] = []
             for port in lock.withLock({ replicas.map(\.port) }) {
                 let client = TestHTTPClient(port: port, defaultHeaders: authorization)
                 for entity in counters + sets {
-                    if parse(try? client.request("GET", "/v1/tally/\(entity)"))?["state"] != states[entity] {
+                    // The raw state (404 when absent), and the query's answer when there is a state to ask about.
+                    var paths = ["/v1/tally/\(entity)"]
+                    if states[entity] != nil { paths.append("/v1/tally/\(entity)/get") }
+                    for (index, path) in paths.enumerated() {
+                        let (value, text) = fetch(client, path)
+                        let answer = index == 0 ? value?["state"] : value
+                        guard answer != states[entity] else { continue }
                         disagreements += 1
-                    }
-                    if states[entity] != nil,
-                        parse(try? client.request("GET", "/v1/tally/\(entity)/get")) != states[entity]
-                    {
-                        disagreements += 1
+                        if notes.count < 5 {
+                            notes.append("port \(port) \(path): \(text.prefix(200)), database: \(states[entity].map { $0.encodedString() } ?? "absent")")
+                        }
                     }
                 }
             }
-            return disagreements
+            return (disagreements, notes)
         }
     }
 

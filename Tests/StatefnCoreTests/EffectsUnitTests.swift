@@ -64,6 +64,32 @@ struct EffectsUnitTests {
         #expect(throws: GatewayError.self) { try WorkerAnswer(["events": many]) }
     }
 
+    @Test("a wake-up ends a wait at once, at a signalled due time, or at the timeout; it never fires early")
+    func wakeUps() async {
+        let clock = ContinuousClock()
+        let wakeUp = WakeUp()
+        var started = clock.now
+        await wakeUp.wait(upTo: .milliseconds(100), clock: clock)
+        #expect(clock.now - started >= .milliseconds(100), "no signal: the whole wait")
+        started = clock.now
+        let signaller = Task {
+            try await Task.sleep(for: .milliseconds(20))
+            wakeUp.signal()
+        }
+        await wakeUp.wait(upTo: .seconds(10), clock: clock)
+        #expect(clock.now - started < .seconds(5), "a signal ends the wait")
+        _ = try? await signaller.value
+        started = clock.now
+        wakeUp.signal(afterMs: 150)
+        await wakeUp.wait(upTo: .seconds(10), clock: clock)
+        let waited = clock.now - started
+        #expect(waited >= .milliseconds(150) && waited < .seconds(5), "a due time ends the wait then: \(waited)")
+        wakeUp.signal()
+        started = clock.now
+        await wakeUp.wait(upTo: .seconds(10), clock: clock)
+        #expect(clock.now - started < .milliseconds(500), "a signal before the wait is kept for it")
+    }
+
     @Test func textForms() {
         #expect(Timestamp.rfc3339(ms: 0) == "1970-01-01T00:00:00.000Z")
         #expect(Timestamp.rfc3339(ms: 1_796_202_172_045) == "2026-12-02T09:02:52.045Z")
