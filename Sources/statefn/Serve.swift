@@ -26,6 +26,10 @@ struct Serve: AsyncParsableCommand {
             as public. API keys come from `statefn keys create` (or --dev-key); JWTs are checked against \
             --jwks-file, --jwks-url or --oidc-issuer. --insecure-no-auth turns this off, on loopback only.
 
+            Effects and timers a command commits run from the outbox, in every replica (--outbox-*); the event \
+            log streams as server-sent events (--feed-poll, --max-subscribers, --sse-heartbeat). On PostgreSQL \
+            NOTIFY wakes the other replicas; --poll-only makes them poll alone, as on CockroachDB.
+
             Environment: DATABASE_URL (postgres://user:pass@host:port/db or a libpq key=value string), and the \
             STATEFN_* variable named beside each option.
             """)

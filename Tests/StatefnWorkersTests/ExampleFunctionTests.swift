@@ -110,16 +110,7 @@ import Testing
             let account = example("account")
             let alice: JSONValue = ["sub": "alice", "scopes": ["invoke:account/*"]]
             let saga: JSONValue = ["sub": "fn:transfer/t1", "scopes": ["invoke:account/*"]]
-            func call(
-                _ id: String, _ command: String, _ payload: JSONValue = nil, state: JSONValue = nil,
-                readonly: Bool = false, principal: JSONValue
-            ) async throws -> JSONValue {
-                try await pool.invoke(
-                    account,
-                    request: request(
-                        id, function: "account", entity: "alice", command: command, payload: payload, state: state,
-                        readonly: readonly, principal: principal))
-            }
+            let call = Caller(pool: pool, definition: account, entity: "alice")
 
             let opened = try await call("1", "open", ["balance": 100], principal: alice)
             let hundred: JSONValue = ["balance": 100, "open": true]
@@ -199,16 +190,7 @@ import Testing
             let client: JSONValue = ["sub": "alice", "scopes": ["invoke:transfer/*"]]
             let fromAlice: JSONValue = ["sub": "fn:account/alice", "scopes": ["invoke:transfer/*"]]
             let fromBob: JSONValue = ["sub": "fn:account/bob", "scopes": ["invoke:transfer/*"]]
-            func call(
-                _ id: String, _ command: String, _ payload: JSONValue = nil, state: JSONValue = nil,
-                readonly: Bool = false, principal: JSONValue
-            ) async throws -> JSONValue {
-                try await pool.invoke(
-                    transfer,
-                    request: request(
-                        id, function: "transfer", entity: "t1", command: command, payload: payload, state: state,
-                        readonly: readonly, principal: principal))
-            }
+            let call = Caller(pool: pool, definition: transfer, entity: "t1")
             let parameters: JSONValue = ["from": "alice", "to": "bob", "amount": 30]
 
             let started = try await call("1", "start", parameters, principal: client)
@@ -302,5 +284,23 @@ import Testing
             let never = try await call("13", "get", readonly: true, principal: client)
             #expect(never["error"]?["code"] == "no_transfer")
         }
+    }
+}
+
+/// Calls one example function on one entity through the pool, as the gateway would, with the principal given.
+private struct Caller {
+    let pool: WorkerPool
+    let definition: FunctionDefinition
+    let entity: String
+
+    func callAsFunction(
+        _ id: String, _ command: String, _ payload: JSONValue = nil, state: JSONValue = nil, readonly: Bool = false,
+        principal: JSONValue
+    ) async throws -> JSONValue {
+        try await pool.invoke(
+            definition,
+            request: request(
+                id, function: definition.name, entity: entity, command: command, payload: payload, state: state,
+                readonly: readonly, principal: principal))
     }
 }
