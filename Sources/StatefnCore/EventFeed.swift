@@ -127,8 +127,6 @@ final class EventFeed: Sendable {
         self.logger = logger
     }
 
-    var subscriberCount: Int { state.withLock { $0.subscribers.count } }
-
     /// Events were committed (here, or NOTIFY said elsewhere): read at once.
     func wake() { wakeups.signal() }
 

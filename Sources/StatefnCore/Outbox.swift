@@ -193,11 +193,6 @@ struct OutboxStore: Sendable {
         ).rows
     }
 
-    /// Rows not dead, for the gauge of what waits.
-    func pendingCount() async throws -> Int {
-        try await pool.read("SELECT count(*) FROM outbox WHERE dead_at IS NULL").rows.first?[0].flatMap { Int($0) } ?? 0
-    }
-
     /// `{id1,id2}`: a uuid[] literal (ids are checked uuids, so nothing needs quoting).
     static func uuidArray(_ ids: [String]) -> String { "{" + ids.joined(separator: ",") + "}" }
 
