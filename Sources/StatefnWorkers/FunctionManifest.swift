@@ -140,15 +140,27 @@ public struct FunctionManifest: Sendable, Hashable {
         guard let array = value.arrayValue else { throw invalid("field effect_scopes: must be an array of scopes") }
         var scopes: [String] = []
         for element in array {
-            guard let scope = element.stringValue, scope.hasPrefix("invoke:"), scope.utf8.count > 7,
-                scope.utf8.count <= 300, !scope.utf8.contains(where: { $0 < 0x20 })
-            else {
+            guard let scope = element.stringValue, isEffectScope(scope) else {
                 throw invalid(
-                    "field effect_scopes: \(element.encodedString()) is not an invoke:<function>[/<entity>] scope")
+                    "field effect_scopes: \(element.encodedString()) is not an invoke:<function or *>[/<entity>] scope")
             }
             scopes.append(scope)
         }
         return scopes
+    }
+
+    /// The grammar StatefnAuth's `Scope` parses, for `invoke` only: a function name or `*`, then optionally `/` and
+    /// a non-empty entity part (an id, a `prefix*`, or `{sub}`) of at most 256 bytes without control characters.
+    /// Checked here, so that a typo fails the function's load instead of dead-lettering its effects later.
+    public static func isEffectScope(_ scope: String) -> Bool {
+        guard scope.hasPrefix("invoke:") else { return false }
+        let rest = scope.dropFirst("invoke:".count)
+        let function = rest.prefix { $0 != "/" }
+        guard function == "*" || FunctionCatalog.isFunctionName(String(function)) else { return false }
+        guard rest.count > function.count else { return true }
+        let entity = rest.dropFirst(function.count + 1)
+        return !entity.isEmpty && entity.utf8.count <= 256
+            && !entity.unicodeScalars.contains { $0.properties.generalCategory == .control }
     }
 
     /// `[A-Za-z][A-Za-z0-9_.-]{0,62}` (DESIGN.md section 2).

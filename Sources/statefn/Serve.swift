@@ -129,8 +129,15 @@ struct Serve: AsyncParsableCommand {
         guard (1...256).contains(httpThreads) else { throw ValidationError("--http-threads must be 1 to 256") }
         guard (1...1000).contains(database.dbPoolSize) else { throw ValidationError("--db-pool-size must be 1 to 1000") }
         guard gracePeriod >= 0 else { throw ValidationError("--grace-period must not be negative") }
-        _ = try commitConfiguration()
-        _ = try backgroundConfiguration()
+        let commits = try commitConfiguration()
+        let (outbox, _) = try backgroundConfiguration()
+        // An effect whose row outlives its claim (its dispatcher died after the commit) runs again once the lease
+        // ends, and must find its answer under its key then.
+        guard commits.idempotencyTTL > outbox.lease else {
+            throw ValidationError(
+                "--idempotency-ttl (\(idempotencyTtl)) must be longer than --outbox-lease (\(outboxLease)): an effect"
+                    + " re-run after its lease must still find its stored answer")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
     }
 

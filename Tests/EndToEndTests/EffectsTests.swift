@@ -138,6 +138,8 @@ struct EffectsTests {
         #expect(response.status == 200, "\(response.text)")
         // Killed while both replicas are in the middle of the burst: its claims come back after the lease (3 s).
         #expect(try await Self.eventually(10) { try await Self.fired(database, prefix: "burst").once >= 100 })
+        // The replica about to die was taking part: its request log names effects it ran.
+        #expect(replicas[0].logs.contains { $0.contains("\"effect-") }, "the killed replica dispatched nothing")
         _ = replicas[0].stop(signal: SIGKILL)
         #expect(try await Self.eventually(30) { try await Self.fired(database, prefix: "burst") == (1000, 0) })
         #expect(try await Self.eventually(5) { try await Self.pending(database) == 0 })

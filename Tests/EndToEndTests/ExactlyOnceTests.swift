@@ -343,7 +343,8 @@ struct ExactlyOnceTests {
     @Test("keys expire after --idempotency-ttl: the sweeper deletes them, and the key is free again")
     func idempotencyExpiry() async throws {
         let database = try await TestDatabase.createDatabase()
-        let gateway = try await Self.replicas(1, database: database, arguments: ["--idempotency-ttl", "3s"])[0]
+        let gateway = try await Self.replicas(
+            1, database: database, arguments: ["--idempotency-ttl", "3s", "--outbox-lease", "2s"])[0]
         var response = try await Self.post(gateway, "/v1/register/t/incr", headers: ["Idempotency-Key": "t-1"])
         #expect(response.status == 200)
         #expect(try await Self.sql(database, "SELECT count(*) FROM idempotency").first?[0] == "1")
@@ -409,13 +410,16 @@ struct ExactlyOnceTests {
         #expect(readBacks.contains { $0.contains("40003") }, "no 40003 was read back")
         #expect(readBacks.contains { $0.contains("connection_failed") }, "no lost connection was read back")
 
-        // Without a key, an event-only commit whose outcome is unknown says so.
+        // Without a key, an event-only commit whose outcome is unknown says so. (A 503 may also say the database
+        // is unavailable: a pool connection the trigger ended, found broken before anything was sent on it.)
         var uncertain = 0
         for _ in 0..<12 {
             let response = try await Self.post(gateway, "/v1/register/u/note")
             if response.status == 503 {
-                uncertain += 1
-                #expect(response.text.contains("outcome is unknown"), "\(response.text)")
+                if response.text.contains("outcome is unknown") { uncertain += 1 }
+                #expect(
+                    response.text.contains("outcome is unknown") || response.text.contains("database is unavailable"),
+                    "\(response.text)")
             } else {
                 #expect(response.status == 200)
             }
@@ -428,7 +432,7 @@ struct ExactlyOnceTests {
         ("--conflict-budget", "soon"), ("--conflict-budget", "2"), ("--cache-bytes", "64MB"), ("--cache-bytes", "-1"),
         ("--idempotency-ttl", "0s"), ("--idempotency-wait", "1.5s"), ("--outbox-poll", "5ms"),
         ("--outbox-max-attempts", "0"), ("--outbox-lease", "500ms"), ("--feed-poll", "2m"),
-        ("--max-subscribers", "many"), ("--sse-heartbeat", "1"),
+        ("--max-subscribers", "many"), ("--sse-heartbeat", "1"), ("--idempotency-ttl", "30s"),
     ])
     func badFlags(_ flag: String, _ value: String) async throws {
         let database = try await TestDatabase.createDatabase()

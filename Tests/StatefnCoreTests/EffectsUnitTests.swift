@@ -1,6 +1,8 @@
 // The pure parts of effects, timers and the event log: routes, how an effect's answer decides its row's fate, what
 // an answer's effects and events may be, and the text forms the SQL and the API use.
+import StatefnAuth
 import StatefnJSON
+import StatefnWorkers
 import Testing
 
 @testable import StatefnCore
@@ -88,6 +90,18 @@ struct EffectsUnitTests {
         started = clock.now
         await wakeUp.wait(upTo: .seconds(10), clock: clock)
         #expect(clock.now - started < .milliseconds(500), "a signal before the wait is kept for it")
+    }
+
+    @Test("the manifest's effect_scopes check agrees with the gateway's scope parser")
+    func effectScopeGrammar() {
+        let samples = [
+            "invoke:account", "invoke:account/*", "invoke:*", "invoke:*/x", "invoke:t/t-*", "invoke:a/{sub}",
+            "invoke:a/é", "invoke:", "invoke:A", "invoke:a/", "invoke:a b", "invoke:a/\u{7}", "invoke:a/b/c",
+            "invoke:a/" + String(repeating: "x", count: 257), "invoke:a/" + String(repeating: "x", count: 256),
+        ]
+        for sample in samples {
+            #expect(FunctionManifest.isEffectScope(sample) == (Scope(sample) != nil), "\(sample)")
+        }
     }
 
     @Test func textForms() {

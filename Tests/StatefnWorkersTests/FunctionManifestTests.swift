@@ -90,4 +90,17 @@ import Testing
             return error.code == .invalidManifest && error.detail.contains(expected)
         }
     }
+
+    @Test("effect_scopes takes invoke scopes in the grammar the gateway parses, and nothing else")
+    func effectScopes() throws {
+        let good = ["invoke:account", "invoke:account/*", "invoke:*", "invoke:transfer/t-*", "invoke:a/{sub}", "invoke:a/x y"]
+        #expect(try FunctionManifest.parse(["effect_scopes": .array(good.map { .string($0) })]).effectScopes == good)
+        #expect(try FunctionManifest.parse([:]).effectScopes == [])
+        for bad in ["admin:*", "read:account", "invoke:", "invoke:Account", "invoke:account/", "invoke:acc ount",
+            "invoke:a/\u{7}", "invoke:a/" + String(repeating: "x", count: 257), "account"] {
+            #expect(throws: WorkerError.self, "\(bad)") { try FunctionManifest.parse(["effect_scopes": [.string(bad)]]) }
+        }
+        #expect(throws: WorkerError.self) { try FunctionManifest.parse(["effect_scopes": "invoke:*"]) }
+        #expect(throws: WorkerError.self) { try FunctionManifest.parse(["state_ttl_ms": -1]) }
+    }
 }
