@@ -88,7 +88,7 @@ final class Committer: Sendable {
     func sweepExpiredRecords(every interval: Duration) async {
         while !Task.isCancelled {
             do {
-                while try await store.sweepExpiredRecords(limit: 500) == 500, !Task.isCancelled {}
+                _ = try await sweepInBatches { try await store.sweepExpiredRecords(limit: $0) }
             } catch {
                 logger.warning("idempotency sweep failed", metadata: ["error": "\(error)"])
             }

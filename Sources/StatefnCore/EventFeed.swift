@@ -2,7 +2,6 @@
 // server-sent events. No thread waits per subscriber: each is an `HTTPStream`, and one loop per replica reads what
 // is new for every subscribed entity in one indexed statement per interval (a local commit, or NOTIFY from another
 // replica, wakes it sooner).
-import Glibc
 import Logging
 import StatefnHTTP
 import StatefnJSON
@@ -75,7 +74,7 @@ struct EventStore: Sendable {
             """,
             [
                 PostgresArray.text(cursors.map(\.0.function)), PostgresArray.text(cursors.map(\.0.entity)),
-                "{" + cursors.map { String($0.1) }.joined(separator: ",") + "}", String(limit),
+                PostgresArray.text(cursors.map { String($0.1) }), String(limit),
             ])
         return result.rows.compactMap { row in
             guard let function = row[0], let entity = row[1] else { return nil }
@@ -235,19 +234,5 @@ enum PostgresArray {
             out += "\""
         }
         return out + "}"
-    }
-}
-
-/// RFC 3339 times in UTC with milliseconds, as the event log and the outbox listing show them.
-enum Timestamp {
-    static func rfc3339(ms: Int64) -> String {
-        var seconds = time_t(ms / 1000)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        let millis = Int(ms % 1000)
-        let fraction = millis < 10 ? "00\(millis)" : millis < 100 ? "0\(millis)" : "\(millis)"
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):"
-            + "\(two(parts.tm_min)):\(two(parts.tm_sec)).\(fraction)Z"
     }
 }

@@ -3,6 +3,19 @@
 // transactions. Two replicas sweeping at once only share the work.
 import Logging
 import StatefnPostgres
+import StatefnWorkers
+
+/// Runs `batch` (which removes up to `size` rows and says how many) until one comes back short or the task is
+/// cancelled, and returns the total: how every sweeper works, in small transactions.
+func sweepInBatches(of size: Int = 500, _ batch: (Int) async throws -> Int) async throws -> Int {
+    var total = 0
+    while !Task.isCancelled {
+        let count = try await batch(size)
+        total += count
+        if count < size { break }
+    }
+    return total
+}
 
 struct ExpiryStore: Sendable {
     let pool: PostgresPool
@@ -38,5 +51,30 @@ struct ExpiryStore: Sendable {
                 LIMIT $3::bigint)
             """, [function, String(ttlMs), String(limit)]
         ).affectedRows
+    }
+
+    /// One pass over the functions with a TTL.
+    func sweep(_ manifests: [String: FunctionManifest], logger: Logger) async {
+        for (function, manifest) in manifests.sorted(by: { $0.key < $1.key }) where !Task.isCancelled {
+            do {
+                if manifest.stateTTLMs > 0 {
+                    let expired = try await sweepInBatches {
+                        try await expireStates(of: function, ttlMs: manifest.stateTTLMs, limit: $0)
+                    }
+                    // Cached copies elsewhere go stale as after any other writer: their next commit loses its
+                    // compare-and-set and reloads.
+                    if expired > 0 {
+                        logger.info("entities expired", metadata: ["function": "\(function)", "count": "\(expired)"])
+                    }
+                }
+                if manifest.eventsTTLMs > 0 {
+                    _ = try await sweepInBatches {
+                        try await expireEvents(of: function, ttlMs: manifest.eventsTTLMs, limit: $0)
+                    }
+                }
+            } catch {
+                logger.warning("expiry sweep failed", metadata: ["function": "\(function)", "error": "\(error)"])
+            }
+        }
     }
 }

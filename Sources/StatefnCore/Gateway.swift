@@ -82,32 +82,7 @@ public final class Gateway: Sendable {
     /// batches of 500, until cancelled.
     public func sweepExpired(every interval: Duration) async {
         while !Task.isCancelled {
-            let manifests = catalog.withLock { $0.functions.mapValues(\.manifest) }
-            for (function, manifest) in manifests.sorted(by: { $0.key < $1.key }) where !Task.isCancelled {
-                do {
-                    if manifest.stateTTLMs > 0 {
-                        var total = 0
-                        while case let count = try await expiry.expireStates(
-                            of: function, ttlMs: manifest.stateTTLMs, limit: 500), count > 0
-                        {
-                            total += count
-                            if count < 500 || Task.isCancelled { break }
-                        }
-                        // Cached copies elsewhere go stale like after any other writer: their next commit loses its
-                        // compare-and-set and reloads.
-                        if total > 0 {
-                            logger.info("entities expired", metadata: ["function": "\(function)", "count": "\(total)"])
-                        }
-                    }
-                    if manifest.eventsTTLMs > 0 {
-                        while try await expiry.expireEvents(of: function, ttlMs: manifest.eventsTTLMs, limit: 500)
-                            == 500, !Task.isCancelled
-                        {}
-                    }
-                } catch {
-                    logger.warning("expiry sweep failed", metadata: ["function": "\(function)", "error": "\(error)"])
-                }
-            }
+            await expiry.sweep(catalog.withLock { $0.functions.mapValues(\.manifest) }, logger: logger)
             try? await Task.sleep(for: interval)
         }
     }
@@ -145,52 +120,46 @@ public final class Gateway: Sendable {
         let scopes = sourceManifest.effectScopes.isEmpty ? ["invoke:\(row.sourceFunction)"] : sourceManifest.effectScopes
         var context = RequestContext()
         context.effectPrincipal = Principal(subject: "fn:\(row.sourceFunction)/\(row.sourceEntity)", scopes: scopes)
-        var path = "/v1/" + row.function
-        if let entity = row.entity { path += "/" + Self.percentEncoded(entity) }
-        path += "/" + row.command
+        // The route is known, and its names were checked when the row was committed: no path to encode and parse.
+        context.route =
+            if let entity = row.entity {
+                .command(function: row.function, entity: entity, command: row.command, readonly: false)
+            } else {
+                .action(function: row.function, command: row.command)
+            }
         let request = HTTPRequest(
-            method: "POST", path: path, query: [],
+            method: "POST", path: "/v1/\(row.function)/" + (row.entity.map { $0 + "/" } ?? "") + row.command, query: [],
             headers: HTTPHeaders([("content-type", "application/json"), ("idempotency-key", row.id)]),
             body: Array(row.payload.utf8), requestID: "effect-\(row.id)-\(row.attempts)")
-        let (response, refused) = await handle(request, context: context)
+        let (response, failure) = await handle(request, context: context)
         response.afterSending?()
-        let detail = (try? JSONValue.parse(response.body, limits: JSONLimits(maxBytes: .max, maxDepth: 64)))?["detail"]?
-            .stringValue ?? ""
+        guard !(200..<300).contains(response.status) else { return .done }
         // A refusal is final, whatever its status: the function's own answer (stored under the key, so a re-run
         // would only replay it), or a replay of one.
-        let replayedRefusal = response.status >= 400 && response.headers.contains { $0.name == "Idempotent-Replayed" }
-        return EffectOutcome(status: response.status, detail: detail, refusal: refused || replayedRefusal)
+        let replayed = response.headers.contains { $0.name == "Idempotent-Replayed" }
+        let detail =
+            failure?.detail
+            ?? (try? JSONValue.parse(response.body, limits: JSONLimits(maxBytes: .max, maxDepth: 64)))?["detail"]?
+            .stringValue ?? ""
+        return EffectOutcome(
+            status: response.status, detail: detail, refusal: failure?.isBusinessError == true || replayed)
     }
 
-    /// Every byte but the unreserved ones as %XX, so that any valid id survives `Route.parse`.
-    private static func percentEncoded(_ text: String) -> String {
-        let hex = Array("0123456789ABCDEF".utf8)
-        var out: [UInt8] = []
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."),
-                UInt8(ascii: "~"):
-                out.append(byte)
-            default: out += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    /// The response, and whether it is a function's refusal (a business error).
-    private func handle(_ request: HTTPRequest, context: RequestContext) async -> (response: HTTPResponse, refusal: Bool) {
+    /// The response, and the error it answers, if it is one.
+    private func handle(_ request: HTTPRequest, context: RequestContext) async
+        -> (response: HTTPResponse, failure: GatewayError?)
+    {
         let started = ContinuousClock.now
         var context = context
         var response: HTTPResponse
-        var refusal = false
+        var failure: GatewayError?
         do {
             response = try await route(request, &context)
         } catch {
-            let failure = GatewayError.from(error)
-            context.logDetail = failure.logDetail
-            refusal = failure.isBusinessError
-            response = failure.response(requestID: request.requestID)
+            let error = GatewayError.from(error)
+            context.logDetail = error.logDetail
+            failure = error
+            response = error.response(requestID: request.requestID)
         }
         // From here to the server's hand-off there is no suspension point, so a shutdown that waits for leases
         // never answers 503 in place of this response.
@@ -200,11 +169,11 @@ public final class Gateway: Sendable {
         response.afterSending = { [self, context, status = response.status] in
             log(request, status: status, context, elapsed: elapsed)
         }
-        return (response, refusal)
+        return (response, failure)
     }
 
     private func route(_ request: HTTPRequest, _ context: inout RequestContext) async throws -> HTTPResponse {
-        switch try Route.parse(method: request.method, path: request.path) {
+        switch try context.route ?? Route.parse(method: request.method, path: request.path) {
         case .healthz:
             return .json(["status": "ok"])
         case .readyz:
@@ -496,9 +465,9 @@ public final class Gateway: Sendable {
 
     /// `GET /v1/{function}?prefix=&after=&limit=`.
     private func listEntities(_ function: String, _ request: HTTPRequest) async throws -> HTTPResponse {
-        let query = Dictionary(request.query.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
-        let limit = try Self.limit(query["limit"], default: 100)
-        let rows = try await store.list(function, prefix: query["prefix"] ?? "", after: query["after"] ?? "", limit: limit)
+        let limit = try Self.limit(request.queryValue("limit"), default: 100)
+        let rows = try await store.list(
+            function, prefix: request.queryValue("prefix") ?? "", after: request.queryValue("after") ?? "", limit: limit)
         let entities: [JSONValue] = rows.map { row in
             [
                 "id": .string(row[0] ?? ""), "version": .integer(row[1].flatMap { Int64($0) } ?? 0),
@@ -511,9 +480,8 @@ public final class Gateway: Sendable {
 
     /// `GET /v1/{function}/{entity}/events`: a page, or with `Accept: text/event-stream` the live feed.
     private func eventLog(_ key: EntityKey, _ request: HTTPRequest) async throws -> HTTPResponse {
-        let query = Dictionary(request.query.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
         var after: Int64 = 0
-        if let text = request.headers["last-event-id"]?.trimmingSpaces ?? query["after"] {
+        if let text = request.headers["last-event-id"]?.trimmingSpaces ?? request.queryValue("after") {
             guard let value = Int64(text), value >= 0 else {
                 throw GatewayError(400, "after (or Last-Event-ID) must be a non-negative event seq")
             }
@@ -537,21 +505,20 @@ public final class Gateway: Sendable {
             response.stream = stream
             return response
         }
-        let limit = try Self.limit(query["limit"], default: 100)
+        let limit = try Self.limit(request.queryValue("limit"), default: 100)
         let page = try await events.events(of: key, after: after, limit: limit)
         return .json(["events": .array(page.map(\.json)), "last_seq": .integer(page.last?.seq ?? after)])
     }
 
     /// `GET /v1/outbox?state=pending|dead&limit=`.
     private func listOutbox(_ request: HTTPRequest) async throws -> HTTPResponse {
-        let query = Dictionary(request.query.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
         let dead: Bool
-        switch query["state"] ?? "pending" {
+        switch request.queryValue("state") ?? "pending" {
         case "pending": dead = false
         case "dead": dead = true
         default: throw GatewayError(400, "state must be pending or dead")
         }
-        let rows = try await outbox.list(dead: dead, limit: try Self.limit(query["limit"], default: 100))
+        let rows = try await outbox.list(dead: dead, limit: try Self.limit(request.queryValue("limit"), default: 100))
         let effects: [JSONValue] = rows.map { row in
             [
                 "id": .string(row[0] ?? ""), "function": .string(row[1] ?? ""),
@@ -649,8 +616,10 @@ public final class Gateway: Sendable {
 
 struct RequestContext {
     let lease = CommitLease()
-    /// Set for an outbox row's run: the source function's principal, in place of the request's credentials.
+    /// Set for an outbox row's run: the source function's principal, in place of the request's credentials, and
+    /// the route, in place of parsing the path.
     var effectPrincipal: Principal?
+    var route: Route?
     var function: String?
     var entity: String?
     var command: String?

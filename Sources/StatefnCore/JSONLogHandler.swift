@@ -77,35 +77,9 @@ public struct JSONLogHandler: LogHandler {
         }
     }
 
-    /// RFC 3339 UTC with milliseconds, written digit by digit: no intermediate strings.
     private static func timestamp() -> String {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
-        var seconds = now.tv_sec
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        return String(unsafeUninitializedCapacity: 24) { text in
-            var at = 0
-            func put(_ value: Int, _ width: Int, then separator: UInt8?) {
-                var value = value
-                for index in stride(from: at + width - 1, through: at, by: -1) {
-                    text[index] = UInt8(ascii: "0") + UInt8(value % 10)
-                    value /= 10
-                }
-                at += width
-                if let separator {
-                    text[at] = separator
-                    at += 1
-                }
-            }
-            put(Int(parts.tm_year) + 1900, 4, then: UInt8(ascii: "-"))
-            put(Int(parts.tm_mon) + 1, 2, then: UInt8(ascii: "-"))
-            put(Int(parts.tm_mday), 2, then: UInt8(ascii: "T"))
-            put(Int(parts.tm_hour), 2, then: UInt8(ascii: ":"))
-            put(Int(parts.tm_min), 2, then: UInt8(ascii: ":"))
-            put(Int(parts.tm_sec), 2, then: UInt8(ascii: "."))
-            put(now.tv_nsec / 1_000_000, 3, then: UInt8(ascii: "Z"))
-            return at
-        }
+        return Timestamp.rfc3339(ms: Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec / 1_000_000))
     }
 }

@@ -90,7 +90,7 @@ struct OutboxStore: Sendable {
     /// Deletes rows whose effects took effect.
     func delete(_ ids: [String]) async throws {
         guard !ids.isEmpty else { return }
-        _ = try await pool.execute("DELETE FROM outbox WHERE id = ANY($1::uuid[])", [Self.uuidArray(ids)])
+        _ = try await pool.execute("DELETE FROM outbox WHERE id = ANY($1::uuid[])", [PostgresArray.text(ids)])
     }
 
     /// Gives claims back (a draining dispatcher that did not run them), without counting the run.
@@ -193,9 +193,6 @@ struct OutboxStore: Sendable {
         ).rows
     }
 
-    /// `{id1,id2}`: a uuid[] literal (ids are checked uuids, so nothing needs quoting).
-    static func uuidArray(_ ids: [String]) -> String { "{" + ids.joined(separator: ",") + "}" }
-
     /// The canonical text form of a uuid: 8-4-4-4-12 hex digits.
     static func isUUID(_ text: String) -> Bool {
         let bytes = Array(text.utf8)
@@ -204,16 +201,10 @@ struct OutboxStore: Sendable {
             if [8, 13, 18, 23].contains(index) {
                 guard byte == UInt8(ascii: "-") else { return false }
             } else {
-                guard byte.isHexDigit else { return false }
+                guard Route.hexValue(byte) != nil else { return false }
             }
         }
         return true
-    }
-}
-
-extension UInt8 {
-    fileprivate var isHexDigit: Bool {
-        (0x30...0x39).contains(self) || (0x41...0x46).contains(self) || (0x61...0x66).contains(self)
     }
 }
 
@@ -272,7 +263,7 @@ final class OutboxDispatcher: Sendable {
                 var nextDueMs: Int64?
                 do {
                     let (rows, next) = try await store.claim(
-                        limit: configuration.batchSize, leaseMs: configuration.lease.totalMilliseconds)
+                        limit: configuration.batchSize, leaseMs: Int64(configuration.lease.milliseconds))
                     nextDueMs = next
                     if !rows.isEmpty {
                         runningBatches.add(1, ordering: .acquiringAndReleasing)
@@ -343,8 +334,8 @@ final class OutboxDispatcher: Sendable {
 
     /// Full jitter over an exponential ceiling: base × 2^(attempt-1), capped.
     private func backoff(attempt: Int) -> Int64 {
-        let base = configuration.backoffBase.totalMilliseconds
-        let ceiling = min(configuration.backoffCeiling.totalMilliseconds, base << Int64(min(attempt - 1, 20)))
+        let base = Int64(configuration.backoffBase.milliseconds)
+        let ceiling = min(Int64(configuration.backoffCeiling.milliseconds), base << Int64(min(attempt - 1, 20)))
         return Int64.random(in: base / 2...max(base / 2, ceiling))
     }
 
@@ -440,11 +431,5 @@ final class WakeUp: Sendable {
             return state.waiter
         }
         waiter?.resume()
-    }
-}
-
-extension Duration {
-    var totalMilliseconds: Int64 {
-        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
     }
 }

@@ -23,4 +23,7 @@ public struct HTTPRequest: Sendable {
         self.body = body
         self.requestID = requestID
     }
+
+    /// The first value of the query parameter `name`, percent-decoded; nil when absent.
+    public func queryValue(_ name: String) -> String? { query.first { $0.name == name }?.value }
 }

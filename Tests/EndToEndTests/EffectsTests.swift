@@ -17,14 +17,9 @@ struct EffectsTests {
     static func start(
         _ count: Int, database: String, functions: String = fixtures, arguments: [String] = []
     ) async throws -> [GatewayProcess] {
-        let arguments = ["--functions", functions, "--outbox-lease", "3s", "--db-pool-size", "6"] + arguments
-        let first = try await onThread {
-            try GatewayProcess(arguments: arguments, environment: ["DATABASE_URL": database])
-        }
-        let rest = try await onThreads(count - 1) { _ in
-            try GatewayProcess(arguments: arguments, environment: ["DATABASE_URL": database])
-        }
-        return [first] + rest
+        try await ExactlyOnceTests.replicas(
+            count, database: database, functions: functions,
+            arguments: ["--outbox-lease", "3s", "--db-pool-size", "6"] + arguments)
     }
 
     static func post(_ gateway: GatewayProcess, _ path: String, _ body: String = "{}") async throws -> TestHTTPResponse {

@@ -13,22 +13,18 @@ struct ExactlyOnceTests {
     static let fixtures = GatewayProcess.repositoryRoot + "/Tests/EndToEndTests/Fixtures/functions"
 
     static func replicas(
-        _ count: Int, database: String, arguments: [String] = [],
+        _ count: Int, database: String, functions: String = fixtures, arguments: [String] = [],
         authentication: GatewayProcess.Authentication = .devKey
     ) async throws -> [GatewayProcess]
     {
+        let start = { @Sendable in
+            try GatewayProcess(
+                arguments: ["--functions", functions] + arguments, environment: ["DATABASE_URL": database],
+                authentication: authentication)
+        }
         // One first, so that the others find the schema migrated.
-        let first = try await onThread {
-            try GatewayProcess(
-                arguments: ["--functions", fixtures] + arguments, environment: ["DATABASE_URL": database],
-                authentication: authentication)
-        }
-        let rest = try await onThreads(count - 1) { _ in
-            try GatewayProcess(
-                arguments: ["--functions", fixtures] + arguments, environment: ["DATABASE_URL": database],
-                authentication: authentication)
-        }
-        return [first] + rest
+        let first = try await onThread(start)
+        return try await [first] + onThreads(count - 1) { _ in try start() }
     }
 
     static func post(
