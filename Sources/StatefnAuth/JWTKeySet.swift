@@ -25,12 +25,16 @@ public struct JWTKeySet: Sendable {
 
     public init() {}
 
-    /// The key a token names by `kid`; without a kid, the only key without one for that algorithm.
-    public func key(kid: String?, algorithm: JWTAlgorithmName) -> JWTVerificationKey? {
-        if let kid { return keys.first { $0.kid == kid } }
-        let unnamed = keys.filter { $0.kid == nil && $0.algorithm == algorithm }
-        return unnamed.count == 1 ? unnamed[0] : nil
+    /// The keys that may have signed a token: the one it names by `kid` (whatever its algorithm, so that a
+    /// mismatch is refused as such); without a kid (RFC 7515 makes it optional), every key of the token's
+    /// algorithm, at most `maxUnnamedCandidates`, tried in turn.
+    public func keys(kid: String?, algorithm: JWTAlgorithmName) -> [JWTVerificationKey] {
+        if let kid { return keys.first { $0.kid == kid }.map { [$0] } ?? [] }
+        return Array(keys.filter { $0.algorithm == algorithm }.prefix(Self.maxUnnamedCandidates))
     }
+
+    /// A token without a kid costs at most this many signature checks.
+    public static let maxUnnamedCandidates = 4
 
     public var kids: [String] { keys.compactMap(\.kid) }
 

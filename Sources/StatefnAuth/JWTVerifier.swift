@@ -89,22 +89,24 @@ public final class JWTVerifier: Sendable {
         }
         let kid = header["kid"]?.stringValue
         var (set, currentGeneration) = keys.withLock { ($0.set, $0.generation) }
-        if set.key(kid: kid, algorithm: algorithm) == nil {
+        if set.keys(kid: kid, algorithm: algorithm).isEmpty {
             await refreshForUnknownKey()
             (set, currentGeneration) = keys.withLock { ($0.set, $0.generation) }
         }
-        guard let key = set.key(kid: kid, algorithm: algorithm) else {
-            throw AuthError(.unknownKey, kid.map { "no key with kid \($0)" } ?? "the token names no kid")
+        let candidates = set.keys(kid: kid, algorithm: algorithm)
+        guard !candidates.isEmpty else {
+            throw AuthError(
+                .unknownKey, kid.map { "no key with kid \($0)" } ?? "no \(alg) key to check a token without a kid")
         }
         // The key decides the algorithm: an HS256 token "signed" with an RS256 key's public half stops here.
-        guard key.algorithm == algorithm else {
+        guard candidates.allSatisfy({ $0.algorithm == algorithm }) else {
             throw AuthError(.badSignature, "the token's alg is not its key's algorithm")
         }
         guard let signature = Base64URL.decode(parts[2]) else {
             throw AuthError(.malformed, "the signature is not base64url")
         }
         let signed = Array(token.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
-        let valid = (try? key.verifier.verify(signature, signs: signed)) ?? false
+        let valid = candidates.contains { (try? $0.verifier.verify(signature, signs: signed)) ?? false }
         guard valid else { throw AuthError(.badSignature, "the token's signature does not verify") }
 
         guard let payloadBytes = Base64URL.decode(parts[1]),

@@ -70,10 +70,11 @@ public struct TestKeys: Sendable {
 
     public static func jwks(_ keys: [JSONValue]) -> [UInt8] { JSONValue.object(["keys": .array(keys)]).encoded() }
 
-    public func signRSA(_ claims: TestClaims, kid: String) async throws -> String {
+    /// RS256; with `kid` nil the header names no key, as some OIDC providers sign (RFC 7515 makes kid optional).
+    public func signRSA(_ claims: TestClaims, kid: String?) async throws -> String {
         let signers = JWTKeyCollection()
-        await signers.add(rsa: rsa, digestAlgorithm: .sha256, kid: JWKIdentifier(string: kid))
-        return try await signers.sign(claims, kid: JWKIdentifier(string: kid))
+        await signers.add(rsa: rsa, digestAlgorithm: .sha256, kid: kid.map { JWKIdentifier(string: $0) })
+        return try await signers.sign(claims, kid: kid.map { JWKIdentifier(string: $0) })
     }
 
     public func signEC(_ claims: TestClaims, kid: String) async throws -> String {

@@ -38,6 +38,27 @@ struct JWTVerifierTests {
         } catch { return error }
     }
 
+    @Test("A token without kid is checked against the keys of its algorithm, and only those")
+    func tokenWithoutKid() async throws {
+        let (first, second, stranger) = (try TestKeys(), try TestKeys(), try TestKeys())
+        let verifier = try await verifier(
+            jwks: TestKeys.jwks([try first.rsaJWK(kid: "r1"), try second.rsaJWK(kid: "r2"), first.ecJWK(kid: "e1")]))
+        let token = try await second.signRSA(.valid(), kid: nil)
+        var header = String(token.split(separator: ".")[0]).replacingOccurrences(of: "-", with: "+")
+            .replacingOccurrences(of: "_", with: "/")
+        header += String(repeating: "=", count: (4 - header.count % 4) % 4)
+        let decoded = try #require(Data(base64Encoded: header))
+        #expect(!String(decoding: decoded, as: UTF8.self).contains("kid"))
+        #expect(await refusal(verifier, token) == nil)
+        #expect(await reason(verifier, try await stranger.signRSA(.valid(), kid: nil)) == .badSignature)
+        // No HS256 key in the set: nothing to try, whatever the token says.
+        let onlyRSA = try await self.verifier(jwks: TestKeys.jwks([try first.rsaJWK(kid: "r1")]))
+        let hmac = try await first.signHMAC(.valid(), kid: "h1")
+        let unnamed = hmac.split(separator: ".")
+        let bareHeader = TestKeys.base64url(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
+        #expect(await reason(onlyRSA, bareHeader + "." + unnamed[1] + "." + unnamed[2]) == .unknownKey)
+    }
+
     @Test("RS256, ES256 and HS256 tokens verify, with scopes from scope and realm_access.roles")
     func accepts() async throws {
         let keys = try TestKeys()
