@@ -17,6 +17,7 @@ run: build
 
 # Every test: unit, against a real PostgreSQL the tests start, real worker processes, and the built binary over HTTP.
 test: build
+	@scripts/python-tools
 	$(SWIFT) test
 
 bench:

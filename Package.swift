@@ -13,6 +13,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.7.1"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.1.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // C libraries: module maps and static inline shims for the macros Swift cannot see.
@@ -28,14 +31,20 @@ let package = Package(
         // The only importer of CLibPQ.
         .target(
             name: "StatefnPostgres",
-            dependencies: ["CLibPQ", "CLinux", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "CLibPQ", "CLinux", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]),
         // The only importer of CMicroHTTPD.
         .target(
             name: "StatefnHTTP",
             dependencies: ["CMicroHTTPD", "StatefnJSON", .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "StatefnWorkers",
-            dependencies: ["CLinux", "StatefnJSON", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "CLinux", "StatefnJSON", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]),
         // Who is calling and what they may touch: API keys, JWT/OIDC, scopes, rate limits.
         .target(
             name: "StatefnAuth",
@@ -50,6 +59,7 @@ let package = Package(
             dependencies: [
                 "StatefnJSON", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnAuth",
                 .product(name: "Logging", package: "swift-log"), .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]),
         .executableTarget(
             name: "statefn",
@@ -57,6 +67,9 @@ let package = Package(
                 "StatefnCore", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnJSON", "StatefnAuth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
 
         // Real parts for tests: a throwaway PostgreSQL cluster, the built binary, an HTTP client.
@@ -82,7 +95,9 @@ let package = Package(
             exclude: ["Fixtures"]),
         .testTarget(
             name: "StatefnCoreTests",
-            dependencies: ["StatefnCore", "StatefnJSON", "StatefnPostgres", "StatefnWorkers", "StatefnTestSupport"]),
+            dependencies: [
+                "StatefnCore", "StatefnJSON", "StatefnPostgres", "StatefnWorkers", "StatefnAuth", "StatefnTestSupport",
+            ]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

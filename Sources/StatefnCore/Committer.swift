@@ -64,8 +64,10 @@ final class Committer: Sendable {
     private let onEffects: @Sendable (Int64) -> Void
     private let onEvents: @Sendable () -> Void
 
+    private let metrics: RequestMetrics
+
     init(
-        configuration: CommitterConfiguration, store: EntityStore, logger: Logger,
+        configuration: CommitterConfiguration, store: EntityStore, logger: Logger, metrics: RequestMetrics = RequestMetrics(),
         onEffects: @escaping @Sendable (Int64) -> Void = { _ in }, onEvents: @escaping @Sendable () -> Void = {}
     ) {
         self.configuration = configuration
@@ -74,6 +76,7 @@ final class Committer: Sendable {
         self.onEvents = onEvents
         self.cache = StateCache(capacity: configuration.cacheEntries, byteBudget: configuration.cacheBytes)
         self.logger = logger
+        self.metrics = metrics
     }
 
     /// Runs `input`'s command through `worker` and commits what it returns; the response is the client's answer.
@@ -176,6 +179,7 @@ final class Committer: Sendable {
                 return try decided.response()
             case let outcome:  // .conflict or .notLanded: run again on a fresh read, within the budget
                 cache.remove(input.key)
+                RequestMetrics.conflict(outcome == .conflict ? "version" : "not_landed")
                 logger.debug(
                     outcome == .conflict ? "version conflict" : "commit did not land; running again",
                     metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])
@@ -227,6 +231,8 @@ final class Committer: Sendable {
             }
             lease.held.store(true, ordering: .releasing)
         }
+        let started = ContinuousClock.now
+        defer { metrics.commit(elapsed: ContinuousClock.now - started) }
         do {
             return try await store.commit(request)
         } catch let error as CommitUncertain {

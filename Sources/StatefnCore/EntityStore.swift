@@ -2,6 +2,7 @@
 // held open while a worker runs: state is read, the worker runs, and the commit is a compare-and-set on the version
 // read. The Committer decides what to commit and when; this file only says how.
 import Logging
+import Metrics
 import StatefnJSON
 import StatefnPostgres
 
@@ -163,6 +164,12 @@ final class EntityStore: Sendable {
     /// One CAS transaction: state, events, outbox rows and the idempotency record. Retried on 40001/40P01 with
     /// jittered exponential backoff. An unknown outcome (40003, or the connection lost while the last statement was
     /// on its way) is resolved by reading back, never by running the commit again blindly.
+    /// A commit transaction tried again (or read back) after the database failed it, by SQLSTATE; a lost
+    /// connection, which has none, counts as 08006.
+    private static func countRetry(sqlState: String?) {
+        Counter(label: "statefn_commit_retries_total", dimensions: [("sqlstate", sqlState ?? "unknown")]).increment()
+    }
+
     func commit(_ request: CommitRequest) async throws -> CommitOutcome {
         var attempt = 1
         while true {
@@ -179,6 +186,7 @@ final class EntityStore: Sendable {
             } catch let error as PostgresError where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts {
                 logger.debug(
                     "commit retried", metadata: ["sqlstate": "\(error.sqlState ?? "")", "attempt": "\(attempt)"])
+                Self.countRetry(sqlState: error.sqlState)
                 let base = 2 << min(attempt, 8)  // ms: 4, 8, 16, ...
                 try await Task.sleep(for: .milliseconds(Int.random(in: base / 2...base)))
                 attempt += 1
@@ -186,11 +194,13 @@ final class EntityStore: Sendable {
                 // Lost before the statement that decides the commit went out (that one throws OutcomeUnknown), so
                 // nothing was committed: once more, on a connection that works.
                 logger.debug("commit retried on a new connection", metadata: ["error": "\(error.logDescription)"])
+                Self.countRetry(sqlState: error.sqlState ?? "08006")
                 attempt += 1
             } catch let error as OutcomeUnknown {
                 logger.warning(
                     "commit outcome unknown; reading back",
                     metadata: ["function": "\(request.key.function)", "error": "\(error.cause.logDescription)"])
+                Self.countRetry(sqlState: error.cause.sqlState ?? "08006")
                 return try await resolve(request, cause: error.cause, backend: error.backend)
             }
         }

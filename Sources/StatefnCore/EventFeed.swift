@@ -129,6 +129,9 @@ final class EventFeed: Sendable {
     /// Events were committed (here, or NOTIFY said elsewhere): read at once.
     func wake() { wakeups.signal() }
 
+    /// Live subscribers now, for metrics.
+    var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+
     /// A new subscriber that has seen everything up to `after`; nil when the replica has as many as it takes, or
     /// is draining. The backlog comes through the same loop as live events, so nothing falls between them.
     func subscribe(_ key: EntityKey, after: Int64) -> HTTPStream? {

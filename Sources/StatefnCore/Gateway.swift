@@ -15,6 +15,10 @@ public struct GatewayConfiguration: Sendable {
     public var feed = EventFeedConfiguration()
     /// Whether commits with effects or events send NOTIFY (PostgreSQL; not CockroachDB).
     public var notify = false
+    /// The metrics backend's exposition, served at `/metrics` after the scrape-time gauges are set; nil: 404.
+    public var metricsExposition: (@Sendable () -> [UInt8])?
+    /// The OpenAPI document served at `/openapi.yaml`; nil: 404.
+    public var openAPIDocument: [UInt8]?
     public init() {}
 }
 
@@ -31,6 +35,7 @@ public final class Gateway: Sendable {
     private let events: EventStore
     private let expiry: ExpiryStore
     private let logger: Logger
+    private let metrics: RequestMetrics
     private let draining = Atomic<Bool>(false)
     /// nil only with `--insecure-no-auth`: every call is then anonymous and allowed.
     private let authenticator: Authenticator?
@@ -52,8 +57,10 @@ public final class Gateway: Sendable {
         self.outbox = OutboxStore(pool: pool)
         self.events = EventStore(pool: pool)
         self.expiry = ExpiryStore(pool: pool)
+        let metrics = RequestMetrics()
+        self.metrics = metrics
         self.committer = Committer(
-            configuration: configuration.commits, store: store, logger: logger,
+            configuration: configuration.commits, store: store, logger: logger, metrics: metrics,
             onEffects: { dispatcher.wake(afterMs: $0) }, onEvents: { feed.wake() })
         self.logger = logger
     }
@@ -92,8 +99,12 @@ public final class Gateway: Sendable {
         self.catalog.withLock { $0 = catalog }
     }
 
-    /// From now on readiness answers 503, so a load balancer stops sending traffic.
-    public func beginDraining() { draining.store(true, ordering: .relaxed) }
+    /// From now on readiness answers 503, so a load balancer stops sending traffic, and the dispatcher claims no
+    /// more effects.
+    public func beginDraining() {
+        draining.store(true, ordering: .relaxed)
+        dispatcher.stop()
+    }
 
     /// Shutdown past its grace: nothing commits from now on, and this returns once the commits under way have
     /// finished. Requests still running after this are answered 503, and none of them will have committed.
@@ -165,9 +176,13 @@ public final class Gateway: Sendable {
         // never answers 503 in place of this response.
         committer.release(context.lease)
         let elapsed = ContinuousClock.now - started
-        // Logged once the response is on its way, so that writing the line does not delay it.
+        let replayed = response.headers.contains { $0.name == "Idempotent-Replayed" }
+        // Logged and counted once the response is on its way, so that neither delays it.
         response.afterSending = { [self, context, status = response.status] in
             log(request, status: status, context, elapsed: elapsed)
+            let function = context.knownFunction ? context.function ?? "-" : context.function == nil ? "-" : "unknown"
+            metrics.request(function: function, context.operation, status: status, elapsed: elapsed)
+            if replayed { metrics.replay(function: function) }
         }
         return (response, failure)
     }
@@ -175,16 +190,30 @@ public final class Gateway: Sendable {
     private func route(_ request: HTTPRequest, _ context: inout RequestContext) async throws -> HTTPResponse {
         switch try context.route ?? Route.parse(method: request.method, path: request.path) {
         case .healthz:
+            context.operation = .health
             return .json(["status": "ok"])
         case .readyz:
+            context.operation = .health
             return await readiness()
+        case .metrics:
+            context.operation = .metrics
+            return await metricsPage()
+        case .openAPI:
+            context.operation = .openapi
+            guard let document = configuration.openAPIDocument else {
+                throw GatewayError(404, "this build has no OpenAPI document installed")
+            }
+            return HTTPResponse(status: 200, headers: [(name: "Content-Type", value: "application/yaml")], body: document)
         case .functions:
+            context.operation = .functions
             _ = try await authorize(request, &context, .admin, function: nil, entity: nil, isPublic: false)
             return await listFunctions()
         case .outbox:
+            context.operation = .outbox
             _ = try await authorize(request, &context, .admin, function: nil, entity: nil, isPublic: false)
             return try await listOutbox(request)
         case .outboxRetry(let id):
+            context.operation = .outbox
             _ = try await authorize(request, &context, .admin, function: nil, entity: nil, isPublic: false)
             guard OutboxStore.isUUID(id) else { throw GatewayError(400, "an outbox id is a UUID") }
             switch try await outbox.revive(id) {
@@ -199,11 +228,13 @@ public final class Gateway: Sendable {
                     : GatewayError(404, "no outbox row \(id)")
             }
         case .list(let function):
+            context.operation = .list
             context.function = function
             _ = try await lookup(function, stateless: false, request, &context, .read, entity: nil)
             _ = try await authorize(request, &context, .read, function: function, entity: nil, isPublic: false)
             return try await listEntities(function, request)
         case .delete(let function, let entity):
+            context.operation = .delete
             context.function = function
             context.entity = entity
             let definition = try await lookup(function, stateless: false, request, &context, .admin, entity: entity)
@@ -212,12 +243,14 @@ public final class Gateway: Sendable {
             return try await deleteEntity(
                 definition, entity: entity, request: request, principal: principal, lease: context.lease)
         case .events(let function, let entity):
+            context.operation = .events
             context.function = function
             context.entity = entity
             _ = try await lookup(function, stateless: false, request, &context, .read, entity: entity)
             _ = try await authorize(request, &context, .read, function: function, entity: entity, isPublic: false)
             return try await eventLog(EntityKey(function: function, entity: entity), request)
         case .command(let function, let entity, let command, let readonly):
+            context.operation = readonly ? .query : .command
             context.function = function
             context.entity = entity
             context.command = command
@@ -233,6 +266,7 @@ public final class Gateway: Sendable {
                 definition, entity: entity, command: command, request: request, principal: principal,
                 lease: context.lease)
         case .action(let function, let command):
+            context.operation = .action
             context.function = function
             context.command = command
             let definition = try await lookup(function, stateless: true, request, &context, .invoke, entity: nil)
@@ -248,6 +282,7 @@ public final class Gateway: Sendable {
             }
             return .json(answer.reply)
         case .rawState(let function, let entity):
+            context.operation = .state
             context.function = function
             context.entity = entity
             _ = try await lookup(function, stateless: false, request, &context, .read, entity: entity)
@@ -272,19 +307,27 @@ public final class Gateway: Sendable {
         entity: String?
     ) async throws -> FunctionDefinition {
         do {
-            return try lookup(name, stateless: stateless)
+            return try lookup(name, stateless: stateless, &context)
         } catch {
             _ = try await authorize(request, &context, action, function: name, entity: entity, isPublic: false)
             throw error
         }
     }
 
-    private func lookup(_ name: String, stateless: Bool) throws(GatewayError) -> FunctionDefinition {
+    private func lookup(
+        _ name: String, stateless: Bool, _ context: inout RequestContext
+    ) throws(GatewayError) -> FunctionDefinition {
         let (definition, failure) = catalog.withLock { ($0.functions[name], $0.failures[name]) }
         guard let definition else {
-            if failure != nil { throw GatewayError(503, "function \(name) failed to load", logDetail: failure) }
+            if failure != nil {
+                context.knownFunction = true  // a name in the directory: bounded
+                throw GatewayError(
+                    503, "function \(name) failed to load", logDetail: failure,
+                    headers: [(name: "Retry-After", value: "5")])
+            }
             throw GatewayError(404, "unknown function \(name)")
         }
+        context.knownFunction = true
         if definition.manifest.stateless != stateless {
             throw stateless
                 ? GatewayError(404, "function \(name) is not an action; call /v1/\(name)/{entity}/{command}")
@@ -390,6 +433,8 @@ public final class Gateway: Sendable {
             "principal": principal?.json ?? .null,
             "deadline_ms": .integer(Int64(definition.manifest.timeoutMs)),
         ]
+        let started = ContinuousClock.now
+        defer { metrics.worker(function: definition.name, elapsed: ContinuousClock.now - started) }
         return try WorkerAnswer(try await workers.invoke(definition, request: message))
     }
 
@@ -466,8 +511,12 @@ public final class Gateway: Sendable {
     /// `GET /v1/{function}?prefix=&after=&limit=`.
     private func listEntities(_ function: String, _ request: HTTPRequest) async throws -> HTTPResponse {
         let limit = try Self.limit(request.queryValue("limit"), default: 100)
-        let rows = try await store.list(
-            function, prefix: request.queryValue("prefix") ?? "", after: request.queryValue("after") ?? "", limit: limit)
+        let (prefix, after) = (request.queryValue("prefix") ?? "", request.queryValue("after") ?? "")
+        // Entity ids never hold a NUL (nor can PostgreSQL's text): such a bound matches nothing, and is a mistake.
+        guard !prefix.utf8.contains(0), !after.utf8.contains(0) else {
+            throw GatewayError(400, "prefix and after must not contain a NUL byte")
+        }
+        let rows = try await store.list(function, prefix: prefix, after: after, limit: limit)
         let entities: [JSONValue] = rows.map { row in
             [
                 "id": .string(row[0] ?? ""), "version": .integer(row[1].flatMap { Int64($0) } ?? 0),
@@ -583,6 +632,27 @@ public final class Gateway: Sendable {
         return .json(["functions": .array(functions), "failed": .array(failed)])
     }
 
+    /// Prometheus's text format: the scrape-time gauges set first, then the backend's exposition.
+    private func metricsPage() async -> HTTPResponse {
+        guard let exposition = configuration.metricsExposition else {
+            return GatewayError(404, "metrics are off in this gateway").response(requestID: "")
+        }
+        let known = catalog.withLock { Array($0.functions.keys) }
+        let depth: OutboxStore.Depth?
+        do {
+            depth = try await outbox.depth()
+        } catch {
+            logger.warning("metrics: the outbox depth could not be read", metadata: ["error": "\(error)"])
+            depth = nil
+        }
+        ScrapeGauges.record(
+            pools: await workers.status(), known: known, database: pool.usage, subscribers: feed.subscriberCount,
+            outbox: depth)
+        return HTTPResponse(
+            status: 200, headers: [(name: "Content-Type", value: "text/plain; version=0.0.4; charset=utf-8")],
+            body: exposition())
+    }
+
     private func readiness() async -> HTTPResponse {
         guard !draining.load(ordering: .relaxed) else {
             return .json(["status": "draining"], status: 503, headers: [(name: "Retry-After", value: "5")])
@@ -625,6 +695,10 @@ struct RequestContext {
     var command: String?
     var subject: String?
     var logDetail: String?
+    /// The metrics' labels: what kind of call this was, and whether `function` names a loaded function (a name a
+    /// client made up is counted as "unknown", so that it cannot grow the label set).
+    var operation: Operation = .other
+    var knownFunction = false
 }
 
 extension StringProtocol {

@@ -82,7 +82,12 @@ struct GatewayError: Error {
     }
 
     func response(requestID: String) -> HTTPResponse {
-        HTTPResponse.problem(
+        var headers = headers
+        // RFC 9110: every 401 says how to authenticate, a function's own 401 too.
+        if status == 401, !headers.contains(where: { $0.name.lowercased() == "www-authenticate" }) {
+            headers.append((name: "WWW-Authenticate", value: #"Bearer realm="statefn""#))
+        }
+        return HTTPResponse.problem(
             status: status, detail: detail, requestID: requestID, type: code ?? "about:blank", headers: headers)
     }
 }

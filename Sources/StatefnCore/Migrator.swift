@@ -29,8 +29,10 @@ public enum MigratorError: Error, CustomStringConvertible {
 
 public struct Migrator: Sendable {
     public var migrations: [Migration]
+    public let directory: String
 
     public init(directory: String) throws {
+        self.directory = directory
         guard let dir = opendir(directory) else { throw MigratorError.directoryMissing(directory) }
         defer { closedir(dir) }
         var found: [Migration] = []
@@ -74,11 +76,26 @@ public struct Migrator: Sendable {
         return applied
     }
 
+    /// Each migration on disk with when it was applied (nil: pending), and versions the database has that are not
+    /// on disk (a newer statefn migrated it). Changes nothing, not even the bookkeeping tables.
+    public func status(on pool: PostgresPool) async throws -> (migrations: [(Migration, appliedAt: String?)], unknown: [String]) {
+        var applied: [String: String] = [:]
+        do {
+            let rows = try await pool.read(
+                "SELECT version, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+                    + " FROM schema_migrations"
+            ).rows
+            for row in rows { if let version = row[0] { applied[version] = row[1] ?? "" } }
+        } catch let error as PostgresError where error.sqlState == "42P01" {
+            // Never migrated: everything is pending.
+        }
+        let known = Set(migrations.map(\.version))
+        return (migrations.map { ($0, applied[$0.version]) }, applied.keys.filter { !known.contains($0) }.sorted())
+    }
+
     /// True when every migration on disk is recorded as applied.
     public func isUpToDate(on pool: PostgresPool) async throws -> Bool {
-        let result = try await pool.execute("SELECT version FROM schema_migrations")
-        let done = Set(result.rows.compactMap { $0[0] })
-        return migrations.allSatisfy { done.contains($0.version) }
+        try await status(on: pool).migrations.allSatisfy { $0.appliedAt != nil }
     }
 
     private func bootstrap(_ pool: PostgresPool) async throws {

@@ -177,6 +177,27 @@ struct OutboxStore: Sendable {
         }
     }
 
+    /// Rows waiting and dead, and how long the oldest due row has waited past its time, for metrics.
+    struct Depth: Sendable {
+        var pending: Int
+        var dead: Int
+        var lagSeconds: Double
+    }
+
+    func depth() async throws -> Depth {
+        let row = try await pool.read(
+            """
+            SELECT count(*) FILTER (WHERE dead_at IS NULL), count(*) FILTER (WHERE dead_at IS NOT NULL),
+                COALESCE(extract(epoch FROM now() - min(not_before) FILTER (WHERE dead_at IS NULL
+                    AND not_before <= now())), 0)::float8
+            FROM outbox
+            """
+        ).rows.first
+        return Depth(
+            pending: row?[0].flatMap { Int($0) } ?? 0, dead: row?[1].flatMap { Int($0) } ?? 0,
+            lagSeconds: row?[2].flatMap { Double($0) } ?? 0)
+    }
+
     func exists(_ id: String) async throws -> Bool {
         try await pool.read("SELECT 1 FROM outbox WHERE id = $1::uuid", [id]).rows.isEmpty == false
     }
@@ -238,6 +259,7 @@ final class OutboxDispatcher: Sendable {
     private let logger: Logger
     private let wakeups = WakeUp()
     private let runningBatches = Atomic<Int>(0)
+    private let stopped = Atomic<Bool>(false)
 
     init(configuration: OutboxConfiguration, pool: PostgresPool, logger: Logger) {
         self.configuration = configuration
@@ -248,14 +270,23 @@ final class OutboxDispatcher: Sendable {
     /// A commit through this replica wrote effects, the soonest due in `delayMs`.
     func wake(afterMs delayMs: Int64 = 0) { wakeups.signal(afterMs: delayMs) }
 
-    /// Claims and runs due rows until cancelled; a cancelled dispatcher gives back what it claimed but did not
-    /// start, and lets what it started finish.
+    /// From now on nothing more is claimed, and claimed rows not yet started go back; `run` returns once what
+    /// was started has finished.
+    func stop() {
+        stopped.store(true, ordering: .releasing)
+        wakeups.signal()
+    }
+
+    private var stopping: Bool { Task.isCancelled || stopped.load(ordering: .acquiring) }
+
+    /// Claims and runs due rows until cancelled or stopped; it then gives back what it claimed but did not start,
+    /// and lets what it started finish.
     func run(_ runner: @escaping Runner) async {
         let clock = ContinuousClock()
         // Batches run side by side, up to `concurrentBatches`: a slow effect holds only its own batch, and due rows
         // behind it (a timer) are claimed meanwhile. Leaving the group waits for the batches under way.
         await withDiscardingTaskGroup { group in
-            while !Task.isCancelled {
+            while !stopping {
                 if runningBatches.load(ordering: .acquiring) >= Self.concurrentBatches {
                     await wakeups.wait(upTo: .milliseconds(50), clock: clock)
                     continue
@@ -294,7 +325,7 @@ final class OutboxDispatcher: Sendable {
                 group.addTask {
                     // A dispatcher told to stop does not start what it claimed: the claim goes back. What it started
                     // runs in a task of its own, which the stop does not cancel: it finishes, and its outcome counts.
-                    if Task.isCancelled { return (row, nil) }
+                    if self.stopping { return (row, nil) }
                     return (row, await Task { await runner(row) }.value)
                 }
             }
@@ -307,8 +338,11 @@ final class OutboxDispatcher: Sendable {
         for (row, outcome) in outcomes {
             switch outcome {
             case nil: unstarted.append(row)
-            case .done?: done.append(row.id)
+            case .done?:
+                done.append(row.id)
+                RequestMetrics.effect("done")
             case .retry(let why)? where row.attempts >= configuration.maxAttempts:
+                RequestMetrics.effect("dead")
                 await settle(row) { try await self.store.deadLetter(row, error: why) }
                 logger.warning(
                     "effect dead-lettered after its last attempt",
@@ -316,12 +350,14 @@ final class OutboxDispatcher: Sendable {
                         "error": "\(why)"])
             case .retry(let why)?:
                 let delay = backoff(attempt: row.attempts)
+                RequestMetrics.effect("retry")
                 await settle(row) { try await self.store.retryLater(row, delayMs: delay, error: why) }
                 logger.notice(
                     "effect failed; retrying",
                     metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)", "attempt": "\(row.attempts)",
                         "retry_in_ms": "\(delay)", "error": "\(why)"])
             case .dead(let why)?:
+                RequestMetrics.effect("dead")
                 await settle(row) { try await self.store.deadLetter(row, error: why) }
                 logger.warning(
                     "effect dead-lettered", metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)",

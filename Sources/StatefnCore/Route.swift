@@ -24,6 +24,10 @@ public enum Route: Equatable, Sendable {
     case functions
     case healthz
     case readyz
+    /// `GET /metrics`: Prometheus's text format.
+    case metrics
+    /// `GET /openapi.yaml`: the API description.
+    case openAPI
 }
 
 /// Why a path or method was refused: 400 (bad name), 404 (no such route) or 405 (with the methods allowed).
@@ -44,6 +48,8 @@ extension Route {
         switch path {
         case "/healthz": return try only("GET", method, .healthz)
         case "/readyz": return try only("GET", method, .readyz)
+        case "/metrics": return try only("GET", method, .metrics)
+        case "/openapi.yaml": return try only("GET", method, .openAPI)
         default: break
         }
         guard path.hasPrefix("/v1/") else { throw RouteError(404, "no route for \(path)") }

@@ -1,4 +1,5 @@
-// Logs as one JSON object per line on stderr (DESIGN.md section 7), so log shippers need no parsing rules.
+// Logs on stderr (DESIGN.md section 7): one JSON object per line, so log shippers need no parsing rules, or, for a
+// person at a terminal, one readable line: time, level, message, then key=value pairs.
 import Logging
 import StatefnJSON
 import Synchronization
@@ -7,13 +8,20 @@ import Synchronization
     import Glibc
 #endif
 
-public struct JSONLogHandler: LogHandler {
+public struct StatefnLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
     private let label: String
+    private let format: LogFormat
     private static let output = Mutex(())
 
-    public init(label: String) { self.label = label }
+    public init(label: String, format: LogFormat = .json) {
+        self.label = label
+        self.format = format
+    }
+
+    /// JSON, unless stderr is a terminal.
+    public static var defaultFormat: LogFormat { isatty(2) == 1 ? .text : .json }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
@@ -41,6 +49,7 @@ public struct JSONLogHandler: LogHandler {
     func line(for event: LogEvent) -> [UInt8] {
         let merged: Logger.Metadata =
             metadata.isEmpty ? event.metadata ?? [:] : metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 })
+        if format == .text { return textLine(event, merged) }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(320)
         bytes.append(UInt8(ascii: "{"))
@@ -67,6 +76,36 @@ public struct JSONLogHandler: LogHandler {
     }
 
     private static let fixedKeys: Set<String> = ["time", "level", "msg", "logger"]
+
+    /// `2026-12-01T13:00:00.123Z info    request  method=POST status=200`: a value with spaces, quotes or control
+    /// characters is quoted and escaped as JSON, so one event is always one line.
+    private func textLine(_ event: LogEvent, _ merged: Logger.Metadata) -> [UInt8] {
+        var text = merged["time"].map { "\($0)" } ?? Self.timestamp()
+        let level = event.level.rawValue
+        text += " " + level + String(repeating: " ", count: max(1, 9 - level.count))
+        text += Self.textValue(event.message.description)
+        for (key, value) in merged.sorted(by: { $0.key < $1.key }) where key != "time" {
+            let rendered: String =
+                switch value {
+                case .string(let string): string
+                case .stringConvertible(let convertible): convertible.description
+                case .array, .dictionary: String(decoding: Self.json(value).encoded(), as: UTF8.self)
+                }
+            text += "  \(key)=" + Self.textValue(rendered)
+        }
+        return Array((text + "\n").utf8)
+    }
+
+    private static func textValue(_ value: String) -> String {
+        let plain = !value.isEmpty && value.unicodeScalars.allSatisfy { scalar in
+            scalar.value > 0x20 && scalar != "\"" && scalar != "\\" && scalar.value != 0x7F
+                && scalar.properties.generalCategory != .format
+        }
+        guard !plain else { return value }
+        var bytes: [UInt8] = []
+        JSONValue.appendString(value, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
 
     private static func json(_ value: Logger.Metadata.Value) -> JSONValue {
         switch value {

@@ -80,7 +80,9 @@ extension ServerCore {
         guard !stopping.load(ordering: .sequentiallyConsistent) else {
             context.phase = .answered
             return queue(
-                .problem(status: 503, detail: "The server is shutting down.", requestID: context.requestID),
+                .problem(
+                    status: 503, detail: "The server is shutting down.", requestID: context.requestID,
+                    headers: [(name: "Retry-After", value: "1")]),
                 for: context)
         }
         context.phase = .handling

@@ -149,7 +149,9 @@ final class ServerCore: Sendable {
             return (daemon, Array(state.suspended.values), Array(state.streams.values))
         }
         for context in waiting {
-            context.response = .problem(status: 503, detail: "The server is shutting down.", requestID: context.requestID)
+            context.response = .problem(
+                status: 503, detail: "The server is shutting down.", requestID: context.requestID,
+                headers: [(name: "Retry-After", value: "1")])
             MHD_resume_connection(context.connection)
         }
         // A stream ends cleanly (its last chunk), and its connection, if parked, is resumed to send it.

@@ -54,6 +54,7 @@ struct PoolStateMachine<Request> {
     }
 
     var waitingCount: Int { waiters.count - waiterHead }
+    var idleCount: Int { idleSlots.count }
 
     mutating func borrow(_ request: Request, now: UInt64) -> BorrowAction {
         if closed { return .fail(request, PostgresError(code: .poolClosed, detail: "the pool is closed")) }

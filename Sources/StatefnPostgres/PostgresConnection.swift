@@ -24,6 +24,9 @@ public final class PostgresConnection {
             PQfinish(connection)
             throw PostgresError(code: .connectionFailed, detail: message)
         }
+        // The server's NOTICEs ("relation already exists, skipping") would go to stderr, into logs and CLI output:
+        // they say nothing a user acts on. PQsetNoticeProcessor.
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
     }
 

@@ -56,6 +56,17 @@ public final class PostgresPool: Sendable {
         }
     }
 
+    /// How many connections are lent out and how many callers wait for one, for metrics.
+    public struct Usage: Sendable {
+        public var size: Int
+        public var inUse: Int
+        public var waiting: Int
+    }
+
+    public var usage: Usage {
+        state.withLock { Usage(size: slots.count, inUse: slots.count - $0.idleCount, waiting: $0.waitingCount) }
+    }
+
     /// Closes every connection; later calls fail with `.poolClosed`. Calls in flight finish first.
     public func close() {
         let action = state.withLock { $0.close() }

@@ -97,7 +97,7 @@ public final class GatewayProcess: @unchecked Sendable {
 
         let deadline = Date().addingTimeInterval(startTimeout)
         while Date() < deadline {
-            if let line = logs.first(where: { $0.contains("\"statefn listening\"") }),
+            if let line = logs.first(where: { $0.contains("statefn listening") }),
                 let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression)
             {
                 port = Int(line[range].split(separator: ":").last!)!

@@ -4,6 +4,7 @@
 import Dispatch
 import Glibc
 import Logging
+import Metrics
 import StatefnJSON
 import Synchronization
 
@@ -70,6 +71,7 @@ public final class WorkerPool: Sendable {
     /// (bench/RESULTS.md), over half the gateway's own ~0.25 ms share of a fork run; RLIMIT_DATA and the RSS watch
     /// enforce their `memory_mb`.
     let memoryCgroups: MemoryCgroups?
+    let watchStopped = Atomic<Bool>(false)
 
     public init(logger: Logger) {
         // Requests are written to worker pipes from callers' threads too; a worker that died must mean EPIPE there,
@@ -156,6 +158,9 @@ public final class WorkerPool: Sendable {
         }
     }
 
+    /// Ends `watchFunctions`' rescans; the catalog in force stays.
+    public func stopWatching() { watchStopped.store(true, ordering: .releasing) }
+
     /// Stops every worker (SIGTERM to its group, a short grace, then SIGKILL) and reaps them.
     public func shutdown() async {
         let waiting = pools.withLock { pools in
@@ -197,6 +202,11 @@ public final class WorkerPool: Sendable {
     }
 
     // MARK: Driving the state machines
+
+    /// One more of a per-function event (a start, a crash, a timeout, a recycle) in the metrics.
+    private static func count(_ label: String, _ function: FunctionDefinition) {
+        Counter(label: label, dimensions: [("function", function.name)]).increment()
+    }
 
     static func nowMs() -> Int { Int(monotonicNanoseconds() / 1_000_000) }
 
@@ -245,12 +255,17 @@ public final class WorkerPool: Sendable {
         let now = Self.nowMs()
         if crashed {
             logger.warning("worker crashed", metadata: ["function": "\(function.name)"])
+            Self.count("statefn_worker_crashes_total", function)
         }
         let actions = pools.withLock { $0.byKey[key]?.machine.workerRetired(worker, crashed: crashed, now: now) ?? [] }
         for action in actions { perform(action, for: function) }
     }
 
     func note(_ event: Event, of function: FunctionDefinition) {
+        switch event {
+        case .timeout: Self.count("statefn_worker_timeouts_total", function)
+        case .recycle: Self.count("statefn_worker_recycles_total", function)
+        }
         let key = PoolKey(function)
         pools.withLock { pools in
             switch event {
@@ -287,6 +302,7 @@ public final class WorkerPool: Sendable {
             }
             loop.execute { self.run(request, on: worker, of: function) }
         case .spawn(let worker, let request):
+            Self.count("statefn_worker_starts_total", function)
             start(worker, of: function, with: request)
         case .stop(let worker):
             loop.execute { self.io.warm[WorkerIO.WarmKey(pool: PoolKey(function), worker: worker)]?.stop() }
@@ -347,7 +363,7 @@ public final class WorkerPool: Sendable {
         onChange: @escaping @Sendable (FunctionCatalog) -> Void
     ) {
         _ = loop.schedule(after: intervalMs) { [weak self] in
-            guard let self, !self.io.stopping else { return }
+            guard let self, !self.io.stopping, !self.watchStopped.load(ordering: .acquiring) else { return }
             let scanned = FunctionCatalog.scan(directory: directory)
             if scanned != last {
                 self.update(scanned)

@@ -11,27 +11,41 @@ import StatefnPostgres
 struct DatabaseOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Directory for local data; without DATABASE_URL the embedded PostgreSQL cluster lives in <data-dir>/pg (env STATEFN_DATA_DIR).",
-            valueName: "dir"))
-    var dataDir: String = Environment.value("STATEFN_DATA_DIR") ?? ".statefn"
+            "Directory for local data; without DATABASE_URL the embedded PostgreSQL cluster lives in <data-dir>/pg"
+                + " (env STATEFN_DATA_DIR; default .statefn).", valueName: "dir"))
+    var dataDir: String?
 
     @Option(
         help: ArgumentHelp(
-            "Directory of NNNN_name.sql migrations (env STATEFN_MIGRATIONS_DIR; default: ./migrations, or the one beside the binary).",
-            valueName: "dir"))
-    var migrationsDir: String = Environment.value("STATEFN_MIGRATIONS_DIR") ?? ""
+            "Directory of NNNN_name.sql migrations (env STATEFN_MIGRATIONS_DIR; default: ./migrations, or the one"
+                + " installed beside the binary).", valueName: "dir"))
+    var migrationsDir: String?
 
-    @Option(help: ArgumentHelp("Database connections in the pool (env STATEFN_DB_POOL_SIZE).", valueName: "n"))
-    var dbPoolSize: Int = Environment.value("STATEFN_DB_POOL_SIZE").flatMap { Int($0) } ?? 16
+    @Option(
+        help: ArgumentHelp(
+            "Database connections in this replica's pool (env STATEFN_DB_POOL_SIZE; default 16). On CockroachDB,"
+                + " keep the sum over all replicas near 4 per vCPU of the cluster: more connections only queue.",
+            valueName: "n"))
+    var dbPoolSize: String?
+
+    var flags: [String: String?] {
+        ["data-dir": dataDir, "migrations-dir": migrationsDir, "db-pool-size": dbPoolSize]
+    }
+
+    /// The settings in force: these flags, else their variables, else the defaults.
+    func settings() throws -> DatabaseSettings {
+        try configuring { try DatabaseSettings(SettingsReader(configurationSource(flags))) }
+    }
 
     /// The database to use, starting the embedded cluster when DATABASE_URL is not set.
     /// With `leaveRunning`, an embedded cluster that was already running (a gateway's) is returned as nil, so the
     /// caller does not stop it.
     func open(logger: Logger, leaveRunning: Bool = false) throws -> (config: PostgresConfig, embedded: EmbeddedPostgres?) {
-        if let url = Environment.value("DATABASE_URL") {
+        let settings = try settings()
+        if let url = settings.url {
             return (try PostgresConfig(url), nil)
         }
-        let directory = clusterDirectory()
+        let directory = clusterDirectory(settings)
         let embedded = EmbeddedPostgres(directory: directory, logger: logger)
         if leaveRunning, embedded.isRunning {
             return (try PostgresConfig(try embedded.start()), nil)
@@ -44,35 +58,39 @@ struct DatabaseOptions: ParsableArguments {
 
     /// `<data-dir>/pg`, unless we are root and PostgreSQL's unprivileged account could not reach it (a checkout
     /// under /root, say): then /var/lib/statefn/<data-dir path>/pg, so the cluster still survives restarts.
-    func clusterDirectory() -> String {
-        let dataDirectory = absolutePath(dataDir)
+    func clusterDirectory(_ settings: DatabaseSettings) -> String {
+        let dataDirectory = absolutePath(settings.dataDirectory)
         guard getuid() == 0, !othersCanTraverse(dataDirectory) else { return dataDirectory + "/pg" }
         let key = dataDirectory.split(separator: "/").joined(separator: "_")
         return "/var/lib/statefn/\(key)/pg"
     }
 
     func migrator() throws -> Migrator {
-        if !migrationsDir.isEmpty { return try Migrator(directory: migrationsDir) }
-        for candidate in Self.migrationCandidates() where isDirectory(candidate) {
-            return try Migrator(directory: candidate)
+        if let directory = try settings().migrationsDirectory { return try Migrator(directory: directory) }
+        guard let directory = installedPath("migrations", isDirectory: true) else {
+            throw ValidationError("no migrations directory found; pass --migrations-dir")
         }
-        throw ValidationError("no migrations directory found; pass --migrations-dir")
+        return try Migrator(directory: directory)
     }
+}
 
-    /// ./migrations, then <prefix>/share/statefn/migrations for an installed binary, then the source tree the
-    /// binary was built in (.build/<triple>/<config>/statefn).
-    private static func migrationCandidates() -> [String] {
-        var candidates = ["migrations"]
-        if let executable = executablePath() {
-            var dir = executable
-            for level in 0..<5 {
-                guard let slash = dir.lastIndex(of: "/") else { break }
-                dir = String(dir[..<slash])
-                if level == 1 { candidates.append(dir + "/share/statefn/migrations") }
-                candidates.append(dir + "/migrations")
-            }
+/// A file or directory statefn ships (migrations, the OpenAPI document): ./NAME, then <prefix>/share/statefn/NAME
+/// for an installed binary (<prefix>/bin/statefn), then the source tree the binary was built in
+/// (.build/<triple>/<config>/statefn).
+func installedPath(_ name: String, isDirectory wanted: Bool) -> String? {
+    var candidates = [name]
+    if let executable = executablePath() {
+        var dir = executable
+        for level in 0..<5 {
+            guard let slash = dir.lastIndex(of: "/") else { break }
+            dir = String(dir[..<slash])
+            if level == 1 { candidates.append(dir + "/share/statefn/" + name) }
+            candidates.append(dir + "/" + name)
         }
-        return candidates
+    }
+    return candidates.first { path in
+        var info = stat()
+        return stat(path, &info) == 0 && ((info.st_mode & S_IFMT) == S_IFDIR) == wanted
     }
 }
 

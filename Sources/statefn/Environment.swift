@@ -1,12 +1,26 @@
-// Reading STATEFN_* variables as flag defaults, so `--help` shows the value in force.
-#if canImport(Glibc)
-    import Glibc
-#endif
+// Settings come from flags, else STATEFN_* variables (plus DATABASE_URL), Kubernetes style; StatefnCore's
+// SettingsReader turns them into typed values and refuses what does not parse.
+import ArgumentParser
+import Foundation
+import StatefnCore
 
 enum Environment {
     static func value(_ name: String) -> String? {
-        guard let raw = getenv(name) else { return nil }
-        let value = String(cString: raw)
-        return value.isEmpty ? nil : value
+        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { return nil }
+        return value
+    }
+}
+
+/// The flags given on the command line (nil: not given) with this process's environment.
+func configurationSource(_ flags: [String: String?]) -> ConfigurationSource {
+    ConfigurationSource(flags: flags.compactMapValues { $0 }, environment: ProcessInfo.processInfo.environment)
+}
+
+/// Runs `body`, turning a refused setting into the command line's usage error (exit 64, with the message).
+func configuring<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as ConfigurationError {
+        throw ValidationError(error.description)
     }
 }

@@ -8,7 +8,11 @@ import StatefnPostgres
 struct Keys: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage API keys.",
-        discussion: "Uses DATABASE_URL, or the embedded cluster under --data-dir (shared with a running gateway).",
+        discussion: """
+            Uses DATABASE_URL, or the embedded cluster under --data-dir (shared with a running gateway).
+
+            Example: statefn keys create --name alice --scope 'invoke:cart/{sub}' --expires 30d
+            """,
         subcommands: [Create.self, List.self, Revoke.self])
 
     struct Create: AsyncParsableCommand {
@@ -77,7 +81,8 @@ struct Keys: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List API keys (never their secrets).")
+        static let configuration = CommandConfiguration(
+            abstract: "List API keys (never their secrets).", discussion: "Example: statefn keys list")
         @OptionGroup var database: DatabaseOptions
 
         func run() async throws {
@@ -90,12 +95,7 @@ struct Keys: AsyncParsableCommand {
                             $0.revokedAt ?? "-",
                         ]
                     }
-                    let header = ["ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "REVOKED"]
-                    let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
-                    for row in [header] + rows {
-                        let line = zip(row, widths).map { $0.padding(toLength: $1) }.joined(separator: "  ")
-                        print(String(line.reversed().drop(while: { $0 == " " }).reversed()))
-                    }
+                    printTable(header: ["ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "REVOKED"], rows: rows)
                 }
             }
         }
@@ -103,7 +103,8 @@ struct Keys: AsyncParsableCommand {
 
     struct Revoke: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Revoke an API key; gateways stop accepting it within 30 seconds.")
+            abstract: "Revoke an API key; gateways stop accepting it within 30 seconds.",
+            discussion: "Example: statefn keys revoke 3f9a1c0d2b4e")
         @Argument(help: "The key's id (the part after sfn_ and before the next _).") var id: String
         @OptionGroup var database: DatabaseOptions
 
@@ -133,6 +134,15 @@ private func withKeyStore(
     defer { pool.close() }
     try await migrator.apply(on: pool, logger: logger)
     try await body(APIKeyStore(pool: pool))
+}
+
+/// Columns padded to their widest cell, two spaces apart, no trailing blanks.
+func printTable(header: [String], rows: [[String]]) {
+    let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
+    for row in [header] + rows {
+        let line = zip(row, widths).map { $0.padding(toLength: $1) }.joined(separator: "  ")
+        print(String(line.reversed().drop(while: { $0 == " " }).reversed()))
+    }
 }
 
 extension String {

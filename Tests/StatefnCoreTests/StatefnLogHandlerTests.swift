@@ -5,8 +5,8 @@ import Testing
 
 @testable import StatefnCore
 
-@Suite(.timeLimit(.minutes(1))) struct JSONLogHandlerTests {
-    private func line(_ handler: JSONLogHandler, _ message: String, _ metadata: Logger.Metadata?) -> String {
+@Suite(.timeLimit(.minutes(1))) struct StatefnLogHandlerTests {
+    private func line(_ handler: StatefnLogHandler, _ message: String, _ metadata: Logger.Metadata?) -> String {
         let event = LogEvent(
             level: .notice, message: "\(message)", metadata: metadata, source: nil, file: #fileID, function: #function,
             line: #line)
@@ -14,7 +14,7 @@ import Testing
     }
 
     @Test func fixedFieldsThenSortedMetadataOnOneLine() throws {
-        let text = line(JSONLogHandler(label: "statefn"), "request", ["status": "200", "method": "POST", "b": "x"])
+        let text = line(StatefnLogHandler(label: "statefn"), "request", ["status": "200", "method": "POST", "b": "x"])
         #expect(text.hasSuffix("}\n"))
         #expect(text.filter { $0 == "\n" }.count == 1)
         let prefix = #"{"time":""#
@@ -26,7 +26,7 @@ import Testing
     }
 
     @Test func escapingNestingAndOverrides() throws {
-        var handler = JSONLogHandler(label: "l")
+        var handler = StatefnLogHandler(label: "l")
         handler[metadataKey: "pid"] = "7"
         let text = line(
             handler, "a \"quoted\"\tline\u{1}",
@@ -37,7 +37,19 @@ import Testing
         #expect(parsed["list"] == .array([.string("1"), .string("2")]))
         #expect(parsed["map"]?["a"]?["k"] == .string("v"))
         #expect(text.contains(#""msg":"replaced","logger":"l","list":["1","2"],"map":{"a":{"k":"v"},"z":"1"},"pid":"8"}"#))
-        let unescaped = line(JSONLogHandler(label: "l"), "a \"q\"\t\u{1}", nil)
+        let unescaped = line(StatefnLogHandler(label: "l"), "a \"q\"\t\u{1}", nil)
         #expect(try JSONValue.parse(unescaped, limits: .worker)["msg"] == .string("a \"q\"\t\u{1}"))
+    }
+
+    @Test func textLinesForPeople() {
+        var handler = StatefnLogHandler(label: "statefn", format: .text)
+        handler[metadataKey: "pid"] = "7"
+        let text = line(handler, "request", ["status": "200", "path": "/v1/a b", "note": "say \"hi\"\nbye", "e": "\u{202E}x"])
+        #expect(text.filter { $0 == "\n" }.count == 1)
+        let fields = text.split(separator: " ", maxSplits: 2)
+        #expect(fields[0].count == 24 && fields[0].hasSuffix("Z"))
+        #expect(fields[1] == "notice")
+        // Values with spaces, quotes, newlines or format characters are quoted, so one event stays one line.
+        #expect(text.hasSuffix(#"request  e="\#u{202E}x"  note="say \"hi\"\nbye"  path="/v1/a b"  pid=7  status=200"# + "\n"))
     }
 }
