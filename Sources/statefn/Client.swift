@@ -100,8 +100,9 @@ struct Invoke: AsyncParsableCommand {
             Examples:
               statefn invoke counter alice increment '{"by":2}'
               statefn invoke counter alice get --query
-              echo '{"sku":"rose","qty":1}' | statefn invoke cart bob add - --idempotency-key order-17
-              STATEFN_URL=https://fn.example.com STATEFN_KEY=sfn_… statefn invoke vote poll-1 cast '{"choice":"tea"}'
+              echo '{"sku":"rose","qty":1}' | statefn invoke cart bob add - --idempotency-key o-17
+              STATEFN_URL=https://fn.example.com STATEFN_KEY=sfn_… \\
+                statefn invoke vote poll-1 cast '{"choice":"tea"}'
             """)
 
     @Argument(help: "The function.") var function: String
@@ -181,7 +182,8 @@ struct Functions: AsyncParsableCommand {
 
             Examples:
               statefn functions
-              STATEFN_URL=http://10.0.0.7:8080 STATEFN_KEY=sfn_… statefn functions --json | jq '.functions[].name'
+              STATEFN_URL=http://10.0.0.7:8080 STATEFN_KEY=sfn_… \\
+                statefn functions --json | jq '.functions[].name'
             """)
 
     @Flag(help: "Print the JSON document instead of a table.") var json = false
