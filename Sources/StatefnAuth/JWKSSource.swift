@@ -3,6 +3,10 @@
 import Foundation
 import StatefnJSON
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 #if canImport(FoundationNetworking)
     import FoundationNetworking
 #endif
@@ -23,27 +27,36 @@ public enum JWKSLocation: Sendable, Equatable, CustomStringConvertible {
 
 extension JWKSLocation {
     /// Why keys may not be fetched from `url`, or nil: https only, plain http only to a loopback host (tests).
+    /// The host is read the strict way: after any `user@`, up to the port; a bracketed IPv6 address may be followed
+    /// by a port only.
     public static func fetchProblem(_ url: String) -> String? {
         let lower = url.lowercased()
         if lower.hasPrefix("https://") { return url.count > 8 ? nil : "no host in \(url)" }
         guard lower.hasPrefix("http://") else { return "must be an https URL, got \(url)" }
-        let rest = url.dropFirst(7)
-        let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
-        let hostAndPort = authority.split(separator: "@").last.map(String.init) ?? ""
-        let host: String
-        if hostAndPort.hasPrefix("["), let close = hostAndPort.firstIndex(of: "]") {
-            host = String(hostAndPort[hostAndPort.index(after: hostAndPort.startIndex)..<close])
-        } else {
-            host = String(hostAndPort.prefix { $0 != ":" })
+        let refusal = "must be an https URL (plain http is allowed to a loopback host only), got \(url)"
+        let authority = url.dropFirst(7).prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        let hostAndPort = authority.split(separator: "@", omittingEmptySubsequences: false).last ?? ""
+        var host = hostAndPort.prefix { $0 != ":" }
+        if hostAndPort.hasPrefix("[") {
+            guard let close = hostAndPort.firstIndex(of: "]") else { return refusal }
+            let port = hostAndPort[hostAndPort.index(after: close)...]
+            guard port.isEmpty || (port.hasPrefix(":") && port.dropFirst().allSatisfy { $0.isASCII && $0.isNumber })
+            else { return refusal }
+            host = hostAndPort[...close]
         }
-        return isLoopbackHost(host)
-            ? nil : "must be an https URL (plain http is allowed to a loopback host only), got \(url)"
+        return isLoopbackHost(String(host)) ? nil : refusal
     }
 
-    /// localhost, ::1 or 127.0.0.0/8, with or without IPv6 brackets.
+    /// `localhost`, or a literal address in 127.0.0.0/8 or ::1 (with or without IPv6 brackets); a name that only
+    /// starts like one (`127.0.0.1.example.com`) is not. inet_pton(3).
     public static func isLoopbackHost(_ host: String) -> Bool {
         let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        return bare == "localhost" || bare == "::1" || bare.hasPrefix("127.")
+        if bare.lowercased() == "localhost" { return true }
+        var v4 = in_addr()
+        if inet_pton(AF_INET, bare, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
+        var v6 = in6_addr()
+        guard inet_pton(AF_INET6, bare, &v6) == 1 else { return false }
+        return withUnsafeBytes(of: &v6) { bytes in bytes.prefix(15).allSatisfy { $0 == 0 } && bytes[15] == 1 }
     }
 }
 
@@ -72,8 +85,14 @@ struct JWKSSource: Sendable {
         }
     }
 
-    /// No cache, on disk or in memory: a rotated key must be seen at the next fetch.
-    private static let session = URLSession(configuration: .ephemeral)
+    /// No cache, on disk or in memory (a rotated key must be seen at the next fetch), and no redirect to where the
+    /// keys may not come from (an https URL redirected to plain http).
+    private static let session: URLSession = {
+        let configuration = URLSessionConfiguration.ephemeral
+        configuration.urlCache = nil
+        configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
+        return URLSession(configuration: configuration, delegate: RedirectGuard(), delegateQueue: nil)
+    }()
 
     private func get(_ address: String) async throws -> [UInt8] {
         // Discovery may name any jwks_uri: it is held to the same rule as the configured URL.
@@ -88,5 +107,16 @@ struct JWKSSource: Sendable {
         }
         guard data.count <= 1 << 20 else { throw JWKSError("GET \(address): the document is over 1 MiB") }
         return Array(data)
+    }
+}
+
+/// Follows a redirect only to a URL the keys may come from (`JWKSLocation.fetchProblem`).
+private final class RedirectGuard: NSObject, URLSessionTaskDelegate, Sendable {
+    func urlSession(
+        _ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
+        newRequest request: URLRequest, completionHandler: @escaping @Sendable (URLRequest?) -> Void
+    ) {
+        let allowed = request.url.map { JWKSLocation.fetchProblem($0.absoluteString) == nil } ?? false
+        completionHandler(allowed ? request : nil)
     }
 }

@@ -36,6 +36,7 @@ public final class Gateway: Sendable {
     private let expiry: ExpiryStore
     private let logger: Logger
     private let metrics: RequestMetrics
+    private let gauges = ScrapeGauges()
     private let draining = Atomic<Bool>(false)
     /// nil only with `--insecure-no-auth`: every call is then anonymous and allowed.
     private let authenticator: Authenticator?
@@ -638,14 +639,15 @@ public final class Gateway: Sendable {
             return GatewayError(404, "metrics are off in this gateway").response(requestID: "")
         }
         let known = catalog.withLock { Array($0.functions.keys) }
-        let depth: OutboxStore.Depth?
-        do {
-            depth = try await outbox.depth()
-        } catch {
-            logger.warning("metrics: the outbox depth could not be read", metadata: ["error": "\(error)"])
-            depth = nil
+        var depth = gauges.cachedOutboxDepth()
+        if depth == nil {
+            do {
+                depth = try await outbox.depth()
+            } catch {
+                logger.warning("metrics: the outbox depth could not be read", metadata: ["error": "\(error)"])
+            }
         }
-        ScrapeGauges.record(
+        gauges.record(
             pools: await workers.status(), known: known, database: pool.usage, subscribers: feed.subscriberCount,
             outbox: depth)
         return HTTPResponse(

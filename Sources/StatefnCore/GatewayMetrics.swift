@@ -91,15 +91,35 @@ final class RequestMetrics: Sendable {
 
 /// Gauges read when Prometheus scrapes, rather than kept up to date on every change: the worker pools, the
 /// database pool, the live event streams and the outbox.
-struct ScrapeGauges {
-    static func record(
+final class ScrapeGauges: Sendable {
+    /// Functions given pool gauges so far: one that went away reads 0, not its last value.
+    private let reported = Mutex<Set<String>>([])
+    /// The outbox's depth is a count over the table: read at most every few seconds, however often the scrapes.
+    private let outboxDepth = Mutex<(read: ContinuousClock.Instant, depth: OutboxStore.Depth)?>(nil)
+    static let outboxDepthMaxAge: Duration = .seconds(5)
+
+    /// The outbox depth last read, if it is recent enough.
+    func cachedOutboxDepth() -> OutboxStore.Depth? {
+        outboxDepth.withLock { cached in
+            guard let cached, ContinuousClock.now - cached.read < Self.outboxDepthMaxAge else { return nil }
+            return cached.depth
+        }
+    }
+
+    func record(
         pools: [WorkerPoolStatus], known: [String], database: PostgresPool.Usage, subscribers: Int,
         outbox: OutboxStore.Depth?
     ) {
+        if let outbox, cachedOutboxDepth() == nil { outboxDepth.withLock { $0 = (ContinuousClock.now, outbox) } }
         var busy: [String: Int] = [:]
         var idle: [String: Int] = [:]
         var queued: [String: Int] = [:]
-        for name in known { (busy[name], idle[name], queued[name]) = (0, 0, 0) }
+        let names = reported.withLock { reported in
+            reported.formUnion(known)
+            reported.formUnion(pools.map(\.function))
+            return reported
+        }
+        for name in names { (busy[name], idle[name], queued[name]) = (0, 0, 0) }
         for pool in pools {
             busy[pool.function, default: 0] += pool.busy
             idle[pool.function, default: 0] += pool.idle

@@ -198,7 +198,7 @@ public struct AuthSettings: Sendable, Equatable {
     public var oidcIssuer: String?
     public var audience: String?
     public var issuer: String?
-    /// Requests per second per caller, and the burst above it.
+    /// Requests per caller, as `N/s` or `N/min`, and the burst above it (nil: one second's worth).
     public var rateLimit: String?
     public var rateBurst: Int?
     public var insecureNoAuth: Bool
@@ -211,8 +211,8 @@ public struct AuthSettings: Sendable, Equatable {
         audience = settings.optionalString("jwt-audience")
         issuer = settings.optionalString("jwt-issuer")
         rateLimit = settings.optionalString("rate-limit")
-        let burst = try settings.integer("rate-burst", default: 0, in: 0...1_000_000)
-        rateBurst = burst == 0 ? nil : burst
+        rateBurst = settings.source.text("rate-burst") == nil
+            ? nil : try settings.integer("rate-burst", default: 1, in: 1...1_000_000)
         insecureNoAuth = try settings.bool("insecure-no-auth")
         devKey = try settings.bool("dev-key")
         let sources = [jwksFile, jwksURL, oidcIssuer].compactMap { $0 }

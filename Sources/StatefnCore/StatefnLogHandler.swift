@@ -97,14 +97,28 @@ public struct StatefnLogHandler: LogHandler {
     }
 
     private static func textValue(_ value: String) -> String {
-        let plain = !value.isEmpty && value.unicodeScalars.allSatisfy { scalar in
-            scalar.value > 0x20 && scalar != "\"" && scalar != "\\" && scalar.value != 0x7F
-                && scalar.properties.generalCategory != .format
+        func isPlain(_ scalar: Unicode.Scalar) -> Bool {
+            scalar.value > 0x20 && scalar != "\"" && scalar != "\\"
+                && ![.control, .format, .lineSeparator, .paragraphSeparator].contains(scalar.properties.generalCategory)
         }
-        guard !plain else { return value }
-        var bytes: [UInt8] = []
-        JSONValue.appendString(value, to: &bytes)
-        return String(decoding: bytes, as: UTF8.self)
+        guard value.isEmpty || !value.unicodeScalars.allSatisfy(isPlain) else { return value }
+        // Quoted, with every control or format character (C0, DEL, C1 such as CSI, bidi overrides) as \uXXXX:
+        // nothing a function writes to its stderr can steer the operator's terminal.
+        var text = "\""
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\"": text += "\\\""
+            case "\\": text += "\\\\"
+            case "\n": text += "\\n"
+            case "\t": text += "\\t"
+            case " ": text += " "
+            case _ where isPlain(scalar): text.unicodeScalars.append(scalar)
+            default:
+                let hex = String(scalar.value, radix: 16)
+                text += "\\u" + String(repeating: "0", count: max(0, 4 - hex.count)) + hex
+            }
+        }
+        return text + "\""
     }
 
     private static func json(_ value: Logger.Metadata.Value) -> JSONValue {

@@ -25,8 +25,13 @@ public final class PostgresConnection {
             throw PostgresError(code: .connectionFailed, detail: message)
         }
         // The server's NOTICEs ("relation already exists, skipping") would go to stderr, into logs and CLI output:
-        // they say nothing a user acts on. PQsetNoticeProcessor.
-        PQsetNoticeProcessor(connection, { _, _ in }, nil)
+        // they say nothing a user acts on. A WARNING still goes to stderr. PQsetNoticeProcessor.
+        PQsetNoticeProcessor(
+            connection,
+            { _, message in
+                guard let message, strncmp(message, "WARNING", 7) == 0 else { return }
+                _ = write(2, message, strlen(message))
+            }, nil)
         handle = connection
     }
 

@@ -3,6 +3,7 @@
 // error status is one line on stderr and exit status 1.
 import ArgumentParser
 import Foundation
+import StatefnAuth
 import StatefnCore
 import StatefnJSON
 
@@ -18,7 +19,8 @@ struct GatewayOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "API key or JWT (env STATEFN_KEY; default: the development key in <data-dir>/dev-key, if there is one).",
+            "API key or JWT (env STATEFN_KEY; default, for a gateway on loopback: the development key in"
+                + " <data-dir>/dev-key, if there is one).",
             valueName: "key"))
     var key: String?
 
@@ -32,6 +34,8 @@ struct GatewayOptions: ParsableArguments {
 
     var credential: String? {
         if let key = key ?? Environment.value("STATEFN_KEY") { return key }
+        // The local development key goes only to a gateway on this machine.
+        guard let host = URLComponents(string: baseURL)?.host, JWKSLocation.isLoopbackHost(host) else { return nil }
         let directory = dataDir ?? Environment.value("STATEFN_DATA_DIR") ?? ".statefn"
         return readFile(directory + "/dev-key")?.trimmingCharacters(in: .whitespacesAndNewlines)
     }

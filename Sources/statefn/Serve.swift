@@ -183,7 +183,7 @@ struct Serve: AsyncParsableCommand {
     }
 
     private func serve(_ configuration: ServeConfiguration, _ logger: Logger) async throws {
-        signal(SIGPIPE, SIG_IGN)  // a worker that exits mid-write must not kill the gateway
+        let signals = ShutdownSignals()
         let registry = bootstrapMetrics()
 
         let (config, embedded) = try database.open(logger: logger)
@@ -258,7 +258,7 @@ struct Serve: AsyncParsableCommand {
             functionsDirectory: functionsDirectory, initialCatalog: catalog,
             idempotencySweep: min(configuration.commits.idempotencyTTL / 2, .seconds(60)),
             gracePeriod: configuration.gracePeriod, logger: logger)
-        try await services.run()
+        try await services.run(signals: signals)
         logger.info("stopped")
     }
 

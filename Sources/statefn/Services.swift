@@ -9,6 +9,7 @@
 //   3. dispatcher  waits for the effects it started (they have finished or been refused by now)
 //   4. feed, sweepers, listener, reload watcher: stop
 //   5. workers     stdin closed, SIGTERM, a short grace, SIGKILL; reaped
+import Dispatch
 import Logging
 import ServiceLifecycle
 import StatefnCore
@@ -16,6 +17,10 @@ import StatefnHTTP
 import StatefnPostgres
 import StatefnWorkers
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct GatewayServices {
     var gateway: Gateway
@@ -28,7 +33,7 @@ struct GatewayServices {
     var gracePeriod: Duration
     var logger: Logger
 
-    func run() async throws {
+    func run(signals: ShutdownSignals) async throws {
         let gateway = self.gateway
         let logger = self.logger
         // Listed in start order; stopped from the last to the first.
@@ -55,10 +60,53 @@ struct GatewayServices {
             .init(service: HTTPService(server: server, gateway: gateway, gracePeriod: gracePeriod), serviceName: "http"),
             .init(service: Drain(gateway: gateway, gracePeriod: gracePeriod, logger: logger), serviceName: "drain"),
         ]
-        var configuration = ServiceGroupConfiguration(
-            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // The signals are caught from serve's first line (ShutdownSignals), not from here: one that came during
+        // start-up shuts the group down as soon as it runs.
+        var configuration = ServiceGroupConfiguration(services: services, logger: logger)
         configuration.logging.keys.serviceKey = "service"
-        try await ServiceGroup(configuration: configuration).run()
+        let group = ServiceGroup(configuration: configuration)
+        signals.onSignal { Task { await group.triggerGracefulShutdown() } }
+        try await group.run()
+    }
+}
+
+/// SIGTERM and SIGINT, caught from the first moment of `serve`: their default action (exit at once) is off, so a
+/// signal during start-up (the embedded cluster starting, migrations, the first JWKS fetch) is kept and answered
+/// with the graceful stop once the services run, and the embedded cluster is never left behind. A second signal
+/// changes nothing: the stop under way is bounded by the grace period.
+final class ShutdownSignals: Sendable {
+    private final class Handler: Sendable {
+        let state = Mutex<(signalled: Bool, action: (@Sendable () -> Void)?)>((false, nil))
+    }
+    private let handler = Handler()
+    // Kept alive for as long as the process listens; only read at init.
+    nonisolated(unsafe) private let sources: [any DispatchSourceSignal]
+
+    init() {
+        signal(SIGPIPE, SIG_IGN)  // a worker that exits mid-write must not kill the gateway
+        let handler = self.handler
+        sources = [SIGTERM, SIGINT].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                let action = handler.state.withLock { state -> (@Sendable () -> Void)? in
+                    defer { state.signalled = true }
+                    return state.signalled ? nil : state.action
+                }
+                action?()
+            }
+            source.resume()
+            return source
+        }
+    }
+
+    /// Calls `action` on the first signal, or now if it already came.
+    func onSignal(_ action: @escaping @Sendable () -> Void) {
+        let already = handler.state.withLock { state in
+            state.action = action
+            return state.signalled
+        }
+        if already { action() }
     }
 }
 

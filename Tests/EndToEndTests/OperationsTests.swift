@@ -219,6 +219,35 @@ struct OperationsTests {
         }
     }
 
+    @Test("SIGTERM during start-up (the embedded cluster starting) still stops gracefully: exit 0, no cluster left")
+    func sigtermDuringStartUp() async throws {
+        let dataDirectory = TestDatabase.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dataDirectory) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: GatewayProcess.binaryPath)
+        process.arguments = [
+            "serve", "--listen", "127.0.0.1:0", "--functions", Self.functions, "--data-dir", dataDirectory, "--dev-key",
+        ]
+        process.environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": NSTemporaryDirectory()]
+        process.currentDirectoryURL = URL(fileURLWithPath: GatewayProcess.repositoryRoot)
+        let log = Pipe()
+        process.standardError = log
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        // initdb and the first start take a second or more: this lands while the cluster starts.
+        try await Task.sleep(for: .milliseconds(300))
+        kill(process.processIdentifier, SIGTERM)
+        let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit, "killed by its signal instead of stopping: \(output)")
+        #expect(process.terminationStatus == 0, "\(output)")
+        #expect(!output.contains("statefn listening") || output.contains("shutting down"))
+        #expect(output.contains("stopped embedded PostgreSQL"), "\(output)")
+        let cluster = try FileManager.default.contentsOfDirectory(atPath: dataDirectory)
+        #expect(cluster.contains("pg"))
+        #expect(!FileManager.default.fileExists(atPath: dataDirectory + "/pg/postmaster.pid"), "the cluster was left running")
+    }
+
     @Test("logs: JSON lines through a pipe by default, readable text with --log-format text")
     func logFormats() async throws {
         let json = try await onThread { try GatewayProcess(arguments: ["--functions", Self.functions]) }

@@ -104,6 +104,14 @@ import StatefnAuth
         // A loopback name in the user part or the path does not make the host loopback.
         #expect(JWKSLocation.fetchProblem("http://127.0.0.1@evil.example/x") != nil)
         #expect(JWKSLocation.fetchProblem("http://evil.example/127.0.0.1") != nil)
+        // Names that only start like a loopback address are names, resolved anywhere.
+        #expect(JWKSLocation.fetchProblem("http://127.0.0.1.attacker.example/jwks") != nil)
+        #expect(JWKSLocation.fetchProblem("http://[::1].evil.example/jwks") != nil)
+        #expect(JWKSLocation.fetchProblem("http://127.1.2.3:8080/x") == nil)
+        #expect(JWKSLocation.fetchProblem("http://LOCALHOST:9/x") == nil)
+        #expect(JWKSLocation.fetchProblem("http://[::2]/x") != nil)
+        #expect(!ListenAddress.isLoopback("127.0.0.1.nip.io"))
+        #expect(refusal(["insecure-no-auth": "1", "listen": "127.0.0.1.nip.io:8080"]) != nil)
         #expect(JWKSLocation.fetchProblem("ftp://id.example.com") != nil)
         #expect(refusal(["oidc-issuer": "http://id.example.com"])?.hasPrefix("--oidc-issuer: must be an https URL") == true)
     }

@@ -44,12 +44,12 @@ import Testing
     @Test func textLinesForPeople() {
         var handler = StatefnLogHandler(label: "statefn", format: .text)
         handler[metadataKey: "pid"] = "7"
-        let text = line(handler, "request", ["status": "200", "path": "/v1/a b", "note": "say \"hi\"\nbye", "e": "\u{202E}x"])
+        let text = line(handler, "request", ["status": "200", "path": "/v1/a b", "note": "say \"hi\"\nbye", "e": "\u{202E}x\u{9B}2J"])
         #expect(text.filter { $0 == "\n" }.count == 1)
         let fields = text.split(separator: " ", maxSplits: 2)
         #expect(fields[0].count == 24 && fields[0].hasSuffix("Z"))
         #expect(fields[1] == "notice")
         // Values with spaces, quotes, newlines or format characters are quoted, so one event stays one line.
-        #expect(text.hasSuffix(#"request  e="\#u{202E}x"  note="say \"hi\"\nbye"  path="/v1/a b"  pid=7  status=200"# + "\n"))
+        #expect(text.hasSuffix(#"request  e="\u202ex\u009b2J"  note="say \"hi\"\nbye"  path="/v1/a b"  pid=7  status=200"# + "\n"))
     }
 }
