@@ -25,8 +25,9 @@ public final class APIKeyVerifier: Sendable {
     }
 
     /// The key's principal: its name as subject, its scopes, its id. Throws `AuthError` for a bad key, and the
-    /// database's error when the lookup fails (the caller answers 503).
-    public func verify(_ token: String) async throws -> Principal {
+    /// database's error when the lookup fails (the caller answers 503). With `lookupRefused`, a key that is not in
+    /// the cache is refused with that error instead of being looked up (its caller has failed too often).
+    public func verify(_ token: String, lookupRefused: AuthError? = nil) async throws -> Principal {
         guard let key = APIKey(parsing: token) else {
             throw AuthError(.malformed, "the API key is not of the form sfn_<id>_<secret>")
         }
@@ -36,6 +37,7 @@ public final class APIKeyVerifier: Sendable {
         if let cached, now - cached.fetchedAt < cacheSeconds, now >= cached.fetchedAt {
             entry = cached
         } else {
+            if let lookupRefused { throw lookupRefused }
             let record = try await store.lookup(id: key.id)
             entry = Entry(
                 record: record, principal: record.map { Principal(subject: $0.name, scopes: $0.scopes, keyID: $0.id) },

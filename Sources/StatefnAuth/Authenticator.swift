@@ -5,23 +5,42 @@ public final class Authenticator: Sendable {
     public let apiKeys: APIKeyVerifier
     public let jwt: JWTVerifier?
     public let rateLimiter: RateLimiter?
+    /// Failed authentications per client address (`--auth-failure-limit`). An address out of tokens gets no more
+    /// API-key lookups in the database (429 instead) until it has some again; keys already in the cache, and JWTs,
+    /// which cost no lookup, still pass, so one bad client behind a shared address locks nobody else out.
+    public let failureLimiter: RateLimiter?
 
-    public init(apiKeys: APIKeyVerifier, jwt: JWTVerifier?, rateLimiter: RateLimiter?) {
+    public init(apiKeys: APIKeyVerifier, jwt: JWTVerifier?, rateLimiter: RateLimiter?, failureLimiter: RateLimiter? = nil) {
         self.apiKeys = apiKeys
         self.jwt = jwt
         self.rateLimiter = rateLimiter
+        self.failureLimiter = failureLimiter
     }
 
     /// The caller named by an `Authorization` header value, or nil when there is none. Throws `AuthError` for
-    /// bad credentials, and a database error when an API key cannot be looked up.
-    public func authenticate(authorization: String?) async throws -> Principal? {
+    /// bad credentials, and a database error when an API key cannot be looked up. `address` is the client's, for
+    /// the limit on failures.
+    public func authenticate(authorization: String?, from address: String = "") async throws -> Principal? {
         guard let authorization else { return nil }
-        let token = try Self.bearerToken(authorization)
-        if token.hasPrefix(APIKey.prefix) { return try await apiKeys.verify(token) }
-        guard let jwt else {
-            throw AuthError(.malformed, "not an API key (sfn_…), and JWT verification is not configured")
+        do {
+            let token = try Self.bearerToken(authorization)
+            if token.hasPrefix(APIKey.prefix) {
+                var refusal: AuthError?
+                if let failureLimiter, case .limited(let retryAfter) = failureLimiter.peek(address) {
+                    refusal = AuthError(
+                        .rateLimited, "too many failed authentications from this address; try again later",
+                        retryAfter: retryAfter)
+                }
+                return try await apiKeys.verify(token, lookupRefused: refusal)
+            }
+            guard let jwt else {
+                throw AuthError(.malformed, "not an API key (sfn_…), and JWT verification is not configured")
+            }
+            return try await jwt.verify(token)
+        } catch let error as AuthError where error.reason != .rateLimited {
+            _ = failureLimiter?.take(address)
+            throw error
         }
-        return try await jwt.verify(token)
     }
 
     /// Takes a token from the caller's bucket, if rate limiting is on.

@@ -29,6 +29,12 @@ public final class RateLimiter: Sendable {
         }
     }
 
+    /// Whether `key`'s bucket has a token, taking none.
+    public func peek(_ key: String) -> TokenBucket.Decision {
+        let now = clock()
+        return buckets.withLock { $0[Array(key.utf8)]?.peek(now: now) ?? .allowed }
+    }
+
     /// Parses `N/s`, `N/m` or `N/min` (or a bare N, per second) into tokens per second.
     public static func parseRate(_ text: String) -> Double? {
         let parts = text.split(separator: "/", maxSplits: 1).map { $0.trimmingCharacters(in: " ") }

@@ -31,6 +31,12 @@ public struct TokenBucket: Sendable, Equatable {
         return .limited(retryAfter: max(1, Int(wait.rounded(.up))))
     }
 
+    /// What `take` would decide now, taking nothing.
+    public func peek(now: Double) -> Decision {
+        var copy = self
+        return copy.take(now: now)
+    }
+
     /// True when the bucket has refilled completely, so forgetting it changes nothing.
     public func isFull(now: Double) -> Bool {
         tokens + max(0, now - updatedAt) * rate >= burst

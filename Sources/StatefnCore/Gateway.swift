@@ -353,7 +353,9 @@ public final class Gateway: Sendable {
             return principal
         }
         guard let authenticator else { return nil }
-        guard let principal = try await authenticator.authenticate(authorization: request.headers["authorization"])
+        guard
+            let principal = try await authenticator.authenticate(
+                authorization: request.headers["authorization"], from: request.clientAddress)
         else {
             if isPublic { return nil }
             throw AuthError(.missing, "credentials are required: Authorization: Bearer <API key or JWT>")

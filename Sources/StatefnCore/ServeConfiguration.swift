@@ -203,6 +203,9 @@ public struct AuthSettings: Sendable, Equatable {
     public var rateBurst: Int?
     public var insecureNoAuth: Bool
     public var devKey: Bool
+    /// Failed authentications per client address, per second, after a burst of `authFailureBurst`; nil: no limit.
+    public var authFailureRate: Double?
+    public static let authFailureBurst = 30
 
     public init(_ settings: SettingsReader, listen: ListenAddress) throws(ConfigurationError) {
         jwksFile = settings.optionalString("jwks-file")
@@ -213,6 +216,16 @@ public struct AuthSettings: Sendable, Equatable {
         rateLimit = settings.optionalString("rate-limit")
         rateBurst = settings.source.text("rate-burst") == nil
             ? nil : try settings.integer("rate-burst", default: 1, in: 1...1_000_000)
+        let failureLimit = settings.string("auth-failure-limit", default: "2/s")
+        if failureLimit == "off" {
+            authFailureRate = nil
+        } else if let rate = RateLimiter.parseRate(failureLimit) {
+            authFailureRate = rate
+        } else {
+            throw ConfigurationError(
+                "\(settings.source.text("auth-failure-limit")?.origin ?? "--auth-failure-limit") must look like 2/s,"
+                    + " 60/min or off, got \(failureLimit)")
+        }
         insecureNoAuth = try settings.bool("insecure-no-auth")
         devKey = try settings.bool("dev-key")
         let sources = [jwksFile, jwksURL, oidcIssuer].compactMap { $0 }

@@ -11,6 +11,8 @@ public struct HTTPRequest: Sendable {
     public var body: [UInt8]
     /// The client's X-Request-Id if it sent a sane one (1–128 printable ASCII), else a new random id.
     public var requestID: String
+    /// The peer's IP address, as inet_ntop(3) writes it ("" when unknown, and for requests the gateway makes itself).
+    public var clientAddress: String = ""
 
     public init(
         method: String, path: String, query: [(name: String, value: String)] = [], headers: HTTPHeaders = HTTPHeaders(),

@@ -13,6 +13,14 @@ extension ServerCore {
             requestID: RequestID.accept(headers.first(where: { $0.name == "x-request-id" })?.value))
     }
 
+    /// The peer's address, as text.
+    private func clientAddress(of connection: OpaquePointer) -> String {
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: 64) { buffer in
+            cmhd_client_address(connection, buffer.baseAddress!, 64)
+            return String(cString: buffer.baseAddress!)
+        }
+    }
+
     /// Refuses a body whose declared length is over the limit before reading any of it; libmicrohttpd then closes
     /// the connection after the response, since the body was not read.
     func checkDeclaredLength(of context: RequestContext) -> MHD_Result {
@@ -68,10 +76,11 @@ extension ServerCore {
     /// waiting is answered at once; otherwise the connection is suspended and the handler's Task resumes it with the
     /// response. Running the start inline saves a thread wake-up per request.
     private func dispatch(_ context: RequestContext) -> MHD_Result {
-        let request = HTTPRequest(
+        var request = HTTPRequest(
             method: context.method, path: context.path,
             query: collectValues(of: context.connection, kind: .GET_ARGUMENT_KIND, iterator: collectQueryArgument),
             headers: HTTPHeaders(lowercased: context.headers), body: context.body, requestID: context.requestID)
+        request.clientAddress = clientAddress(of: context.connection)
         context.body = []
         // Held until the connection is suspended and registered (or answered), so that `stop` never stops the
         // daemon under a connection that is being suspended or resumed.

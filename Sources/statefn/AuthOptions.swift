@@ -42,6 +42,13 @@ struct AuthOptions: ParsableArguments {
             "Burst allowed above --rate-limit; default: one second's worth (env STATEFN_RATE_BURST).", valueName: "n"))
     var rateBurst: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Failed authentications per client address, as N/s or N/min, after a burst of 30; past it, an API key"
+                + " not already known gets 429 with Retry-After instead of a database lookup. off: no limit"
+                + " (env STATEFN_AUTH_FAILURE_LIMIT; default 2/s).", valueName: "rate"))
+    var authFailureLimit: String?
+
     @Flag(
         help: ArgumentHelp(
             "Serve without authentication, for local play: every call is allowed. Only on a loopback address; logs a"
@@ -58,6 +65,7 @@ struct AuthOptions: ParsableArguments {
         [
             "jwks-file": jwksFile, "jwks-url": jwksUrl, "oidc-issuer": oidcIssuer, "jwt-audience": jwtAudience,
             "jwt-issuer": jwtIssuer, "rate-limit": rateLimit, "rate-burst": rateBurst,
+            "auth-failure-limit": authFailureLimit,
             "insecure-no-auth": insecureNoAuth ? "1" : nil, "dev-key": devKey ? "1" : nil,
         ]
     }
@@ -107,7 +115,11 @@ extension AuthSettings {
             metadata: [
                 "api_keys": "on", "jwt": "\(location.map { "\($0)" } ?? "off")",
                 "rate_limit": "\(rateLimit ?? "off")",
+                "auth_failure_limit": "\(authFailureRate.map { "\($0)/s" } ?? "off")",
             ])
-        return Authenticator(apiKeys: APIKeyVerifier(store: APIKeyStore(pool: pool)), jwt: jwt, rateLimiter: limiter)
+        let failures = authFailureRate.map { RateLimiter(rate: $0, burst: Double(Self.authFailureBurst)) }
+        return Authenticator(
+            apiKeys: APIKeyVerifier(store: APIKeyStore(pool: pool)), jwt: jwt, rateLimiter: limiter,
+            failureLimiter: failures)
     }
 }

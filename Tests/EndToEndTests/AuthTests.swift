@@ -170,6 +170,80 @@ struct AuthTests {
         #expect(gateway.stop() == 0)
     }
 
+    /// API-key lookups the database has served: scans of api_keys, as its statistics count them. A backend
+    /// reports them when it has been idle for 10 s, so this waits that long first.
+    static func apiKeyLookups(_ database: String) async throws -> Int {
+        try await Task.sleep(for: .seconds(11))
+        let rows = try await ExactlyOnceTests.sql(
+            database, "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'api_keys'")
+        return Int(rows.first?[0] ?? "") ?? -1
+    }
+
+    @Test("2,000 random well-formed API keys from one address cost fewer than 100 lookups; a known key still works")
+    func randomKeysFromOneAddress() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let gateway = try await onThread {
+            try GatewayProcess(
+                arguments: ["--functions", Self.fixtures], environment: ["DATABASE_URL": database], authentication: .keysOnly)
+        }
+        let alice = try await onThread { try Self.createKey(database, name: "alice", scopes: ["invoke:whoami/{sub}"]) }
+        // Known before the flood: a cached key costs no lookup, so the flood cannot lock it out.
+        let first = try await onThread {
+            try gateway.client().request("POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice)).status
+        }
+        #expect(first == 200)
+        let before = try await Self.apiKeyLookups(database)
+        let statuses = try await onThreads(4) { _ -> [Int: Int] in
+            let client = gateway.client()
+            var statuses: [Int: Int] = [:]
+            for _ in 0..<500 {
+                let id = String(UUID().uuidString.lowercased().filter(\.isHexDigit).prefix(12))
+                let secret = (0..<2).map { _ in UUID().uuidString.lowercased().filter(\.isHexDigit) }.joined()
+                let response = try client.request(
+                    "POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer("sfn_\(id)_\(secret)"))
+                statuses[response.status, default: 0] += 1
+            }
+            return statuses
+        }.reduce(into: [Int: Int]()) { total, part in total.merge(part, uniquingKeysWith: +) }
+        #expect(statuses.values.reduce(0, +) == 2000)
+        #expect(Set(statuses.keys).isSubset(of: [401, 429]), "\(statuses)")
+        #expect((statuses[429] ?? 0) > 1800, "\(statuses)")
+        let limited = try await onThread {
+            try gateway.client().request(
+                "POST", "/v1/whoami/alice/note", body: "{}",
+                headers: Self.bearer("sfn_000000000000_" + String(repeating: "0", count: 64)))
+        }
+        #expect(limited.status == 429 && limited.header("retry-after") != nil)
+        let mine = try await onThread {
+            try gateway.client().request("POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice)).status
+        }
+        #expect(mine == 200, "a known key from the same address still passes")
+        let lookups = try await Self.apiKeyLookups(database) - before
+        #expect(lookups < 100, "2,000 random keys cost \(lookups) lookups")
+        #expect(gateway.stop() == 0)
+
+        // The same flood with the limit off: every unknown id is a lookup. This is what the limit saves.
+        let unlimited = try await onThread {
+            try GatewayProcess(
+                arguments: ["--functions", Self.fixtures, "--auth-failure-limit", "off"],
+                environment: ["DATABASE_URL": database], authentication: .keysOnly)
+        }
+        let base = try await Self.apiKeyLookups(database)
+        try await onThread {
+            let client = unlimited.client()
+            for _ in 0..<300 {
+                let id = String(UUID().uuidString.lowercased().filter(\.isHexDigit).prefix(12))
+                let response = try client.request(
+                    "POST", "/v1/whoami/alice/note", body: "{}",
+                    headers: Self.bearer("sfn_\(id)_" + String(repeating: "a", count: 64)))
+                #expect(response.status == 401)
+            }
+        }
+        let unlimitedLookups = try await Self.apiKeyLookups(database) - base
+        #expect(unlimitedLookups >= 300, "without the limit each random key is a lookup: \(unlimitedLookups)")
+        #expect(unlimited.stop() == 0)
+    }
+
     @Test("JWTs from a JWKS file: algorithms, alg confusion, none, aud, iss, exp, nbf, Keycloak roles")
     func jwt() async throws {
         let database = try await TestDatabase.createDatabase()

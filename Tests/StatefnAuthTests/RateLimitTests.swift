@@ -27,6 +27,20 @@ struct RateLimitTests {
         #expect(bucket.take(now: 30) == .limited(retryAfter: 30))
     }
 
+    @Test("peek tells what take would, and takes nothing")
+    func peek() {
+        let now = Mutex(0.0)
+        let limiter = RateLimiter(rate: 1, burst: 2, clock: { now.withLock { $0 } })
+        #expect(limiter.peek("10.0.0.1") == .allowed, "an address never seen has its whole burst")
+        #expect(limiter.take("10.0.0.1") == .allowed)
+        #expect(limiter.peek("10.0.0.1") == .allowed)
+        #expect(limiter.peek("10.0.0.1") == .allowed, "peeking twice takes nothing")
+        #expect(limiter.take("10.0.0.1") == .allowed)
+        #expect(limiter.peek("10.0.0.1") == .limited(retryAfter: 1))
+        now.withLock { $0 = 1 }
+        #expect(limiter.peek("10.0.0.1") == .allowed)
+    }
+
     @Test("each caller has its own bucket")
     func perCaller() {
         let now = Mutex(0.0)

@@ -70,11 +70,16 @@ import StatefnAuth
         #expect(try configuration(["idempotency-ttl": "7d"]).commits.idempotencyTTL == .seconds(7 * 86_400))
     }
 
-    @Test func settingsThatDependOnEachOther() {
+    @Test func settingsThatDependOnEachOther() throws {
         #expect(refusal(["idempotency-ttl": "30s", "outbox-lease": "60s"])?.contains("must be longer than --outbox-lease") == true)
         #expect(refusal(["jwks-file": "/k.json", "oidc-issuer": "https://id.example.com"]) == "give at most one of --jwks-file, --jwks-url and --oidc-issuer")
         #expect(refusal(["insecure-no-auth": "1", "listen": "0.0.0.0:8080"])?.hasPrefix("--insecure-no-auth only works on a loopback address") == true)
         #expect(refusal(["rate-limit": "fast"]) == "--rate-limit must look like 100/s or 600/min, got fast")
+        #expect(try configuration().auth.authFailureRate == 2)
+        #expect(try configuration(env: ["STATEFN_AUTH_FAILURE_LIMIT": "off"]).auth.authFailureRate == nil)
+        #expect(try configuration(["auth-failure-limit": "60/min"]).auth.authFailureRate == 1)
+        #expect(refusal(["auth-failure-limit": "lots"]) == "--auth-failure-limit must look like 2/s, 60/min or off, got lots")
+        #expect(refusal(["rate-burst": "0"]) == #"--rate-burst must be a whole number from 1 to 1000000, got "0""#)
     }
 
     @Test func switchesAndChoices() throws {
