@@ -201,19 +201,15 @@ struct AuthTests {
                 let secret = (0..<2).map { _ in UUID().uuidString.lowercased().filter(\.isHexDigit) }.joined()
                 let response = try client.request(
                     "POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer("sfn_\(id)_\(secret)"))
-                statuses[response.status, default: 0] += 1
+                // A 429 says when to come back; one without Retry-After is counted as its own kind.
+                let status = response.status == 429 && response.header("retry-after") == nil ? -429 : response.status
+                statuses[status, default: 0] += 1
             }
             return statuses
         }.reduce(into: [Int: Int]()) { total, part in total.merge(part, uniquingKeysWith: +) }
         #expect(statuses.values.reduce(0, +) == 2000)
         #expect(Set(statuses.keys).isSubset(of: [401, 429]), "\(statuses)")
         #expect((statuses[429] ?? 0) > 1800, "\(statuses)")
-        let limited = try await onThread {
-            try gateway.client().request(
-                "POST", "/v1/whoami/alice/note", body: "{}",
-                headers: Self.bearer("sfn_000000000000_" + String(repeating: "0", count: 64)))
-        }
-        #expect(limited.status == 429 && limited.header("retry-after") != nil)
         let mine = try await onThread {
             try gateway.client().request("POST", "/v1/whoami/alice/note", body: "{}", headers: Self.bearer(alice)).status
         }

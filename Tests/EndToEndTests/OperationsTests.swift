@@ -234,10 +234,17 @@ struct OperationsTests {
         process.standardError = log
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        // initdb and the first start take a second or more: this lands while the cluster starts.
-        try await Task.sleep(for: .milliseconds(300))
+        // Once it says it is creating the cluster (initdb and the first start take a second or more), so the signal
+        // lands mid start-up: neither before serve runs at all nor after it listens.
+        var output = ""
+        while !output.contains("creating a PostgreSQL cluster") {
+            let chunk = log.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            output += String(decoding: chunk, as: UTF8.self)
+        }
+        #expect(!output.contains("statefn listening"))
         kill(process.processIdentifier, SIGTERM)
-        let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        output += String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         #expect(process.terminationReason == .exit, "killed by its signal instead of stopping: \(output)")
         #expect(process.terminationStatus == 0, "\(output)")
