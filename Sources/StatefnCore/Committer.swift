@@ -179,7 +179,7 @@ final class Committer: Sendable {
                 return try decided.response()
             case let outcome:  // .conflict or .notLanded: run again on a fresh read, within the budget
                 cache.remove(input.key)
-                RequestMetrics.conflict(outcome == .conflict ? "version" : "not_landed")
+                RequestMetrics.conflict(outcome == .conflict ? .version : .notLanded)
                 logger.debug(
                     outcome == .conflict ? "version conflict" : "commit did not land; running again",
                     metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])

@@ -181,7 +181,7 @@ public final class Gateway: Sendable {
         // Logged and counted once the response is on its way, so that neither delays it.
         response.afterSending = { [self, context, status = response.status] in
             log(request, status: status, context, elapsed: elapsed)
-            let function = context.knownFunction ? context.function ?? "-" : context.function == nil ? "-" : "unknown"
+            let function = context.functionLabel
             metrics.request(function: function, context.operation, status: status, elapsed: elapsed)
             if replayed { metrics.replay(function: function) }
         }
@@ -641,13 +641,12 @@ public final class Gateway: Sendable {
             return GatewayError(404, "metrics are off in this gateway").response(requestID: "")
         }
         let known = catalog.withLock { Array($0.functions.keys) }
-        var depth = gauges.cachedOutboxDepth()
-        if depth == nil {
-            do {
-                depth = try await outbox.depth()
-            } catch {
-                logger.warning("metrics: the outbox depth could not be read", metadata: ["error": "\(error)"])
-            }
+        let depth: OutboxStore.Depth?
+        do {
+            depth = try await gauges.outboxDepth { try await outbox.depth() }
+        } catch {
+            logger.warning("metrics: the outbox depth could not be read", metadata: ["error": "\(error)"])
+            depth = nil
         }
         gauges.record(
             pools: await workers.status(), known: known, database: pool.usage, subscribers: feed.subscriberCount,
@@ -703,6 +702,12 @@ struct RequestContext {
     /// client made up is counted as "unknown", so that it cannot grow the label set).
     var operation: Operation = .other
     var knownFunction = false
+
+    /// `-` for a call to no function, the name of a loaded one, else `unknown`.
+    var functionLabel: String {
+        guard let function else { return "-" }
+        return knownFunction ? function : "unknown"
+    }
 }
 
 extension StringProtocol {

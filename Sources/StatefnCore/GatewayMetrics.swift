@@ -79,14 +79,22 @@ final class RequestMetrics: Sendable {
 
     /// A commit that lost: `version` (another writer moved the entity first) or `not_landed` (the database failed
     /// it and it was read back as absent).
-    static func conflict(_ reason: String) {
-        Counter(label: "statefn_commit_conflicts_total", dimensions: [("reason", reason)]).increment()
-    }
+    static func conflict(_ reason: ConflictReason) { conflicts[reason]?.increment() }
 
-    /// An effect's run, by how it ended: `done`, `retry` or `dead`.
-    static func effect(_ outcome: String) {
-        Counter(label: "statefn_effects_total", dimensions: [("outcome", outcome)]).increment()
-    }
+    enum ConflictReason: String, CaseIterable { case version, notLanded = "not_landed" }
+
+    /// An effect's run, by how it ended.
+    static func effect(_ outcome: EffectResult) { effects[outcome]?.increment() }
+
+    enum EffectResult: String, CaseIterable { case done, retry, dead }
+
+    // Made on first use, which is after the executable bootstrapped the backend.
+    private static let conflicts = Dictionary(uniqueKeysWithValues: ConflictReason.allCases.map {
+        ($0, Counter(label: "statefn_commit_conflicts_total", dimensions: [("reason", $0.rawValue)]))
+    })
+    private static let effects = Dictionary(uniqueKeysWithValues: EffectResult.allCases.map {
+        ($0, Counter(label: "statefn_effects_total", dimensions: [("outcome", $0.rawValue)]))
+    })
 }
 
 /// Gauges read when Prometheus scrapes, rather than kept up to date on every change: the worker pools, the
@@ -98,19 +106,21 @@ final class ScrapeGauges: Sendable {
     private let outboxDepth = Mutex<(read: ContinuousClock.Instant, depth: OutboxStore.Depth)?>(nil)
     static let outboxDepthMaxAge: Duration = .seconds(5)
 
-    /// The outbox depth last read, if it is recent enough.
-    func cachedOutboxDepth() -> OutboxStore.Depth? {
-        outboxDepth.withLock { cached in
-            guard let cached, ContinuousClock.now - cached.read < Self.outboxDepthMaxAge else { return nil }
-            return cached.depth
+    /// The outbox depth, read with `read` unless the last reading is recent enough.
+    func outboxDepth(_ read: () async throws -> OutboxStore.Depth) async throws -> OutboxStore.Depth {
+        let cached = outboxDepth.withLock { cached in
+            cached.flatMap { ContinuousClock.now - $0.read < Self.outboxDepthMaxAge ? $0.depth : nil }
         }
+        if let cached { return cached }
+        let depth = try await read()
+        outboxDepth.withLock { $0 = (ContinuousClock.now, depth) }
+        return depth
     }
 
     func record(
         pools: [WorkerPoolStatus], known: [String], database: PostgresPool.Usage, subscribers: Int,
         outbox: OutboxStore.Depth?
     ) {
-        if let outbox, cachedOutboxDepth() == nil { outboxDepth.withLock { $0 = (ContinuousClock.now, outbox) } }
         var busy: [String: Int] = [:]
         var idle: [String: Int] = [:]
         var queued: [String: Int] = [:]

@@ -340,9 +340,9 @@ final class OutboxDispatcher: Sendable {
             case nil: unstarted.append(row)
             case .done?:
                 done.append(row.id)
-                RequestMetrics.effect("done")
+                RequestMetrics.effect(.done)
             case .retry(let why)? where row.attempts >= configuration.maxAttempts:
-                RequestMetrics.effect("dead")
+                RequestMetrics.effect(.dead)
                 await settle(row) { try await self.store.deadLetter(row, error: why) }
                 logger.warning(
                     "effect dead-lettered after its last attempt",
@@ -350,14 +350,14 @@ final class OutboxDispatcher: Sendable {
                         "error": "\(why)"])
             case .retry(let why)?:
                 let delay = backoff(attempt: row.attempts)
-                RequestMetrics.effect("retry")
+                RequestMetrics.effect(.retry)
                 await settle(row) { try await self.store.retryLater(row, delayMs: delay, error: why) }
                 logger.notice(
                     "effect failed; retrying",
                     metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)", "attempt": "\(row.attempts)",
                         "retry_in_ms": "\(delay)", "error": "\(why)"])
             case .dead(let why)?:
-                RequestMetrics.effect("dead")
+                RequestMetrics.effect(.dead)
                 await settle(row) { try await self.store.deadLetter(row, error: why) }
                 logger.warning(
                     "effect dead-lettered", metadata: ["outbox_id": "\(row.id)", "function": "\(row.function)",

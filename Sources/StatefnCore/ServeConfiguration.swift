@@ -16,7 +16,7 @@ public struct ConfigurationSource: Sendable {
 
     /// `STATEFN_` and the flag's name in upper case with underscores: `http-threads` is `STATEFN_HTTP_THREADS`.
     public static func variable(for flag: String) -> String {
-        "STATEFN_" + flag.uppercased().replacingOccurrences(of: "-", with: "_")
+        "STATEFN_" + String(flag.uppercased().map { $0 == "-" ? "_" : $0 })
     }
 
     /// The setting's text and where it came from (`--flag` or `VARIABLE`); an empty variable counts as unset.
@@ -32,12 +32,6 @@ public struct ConfigurationSource: Sendable {
 public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
     public var description: String
     init(_ description: String) { self.description = description }
-}
-
-extension String {
-    fileprivate func replacingOccurrences(of target: Character, with replacement: Character) -> String {
-        String(map { $0 == target ? replacement : $0 })
-    }
 }
 
 /// Reads typed settings from a source, each refused by its origin when malformed.
@@ -84,6 +78,18 @@ public struct SettingsReader: Sendable {
                 "\(origin) must be from \(DurationText.format(low)) to \(DurationText.format(high)), got \(text)")
         }
         return parsed
+    }
+
+    /// A rate, `N/s` or `N/min`, as per second; with `offAllowed`, `off` is nil (no limit).
+    public func rate(
+        _ flag: String, default value: Double?, offAllowed: Bool = false, spelled examples: String
+    ) throws(ConfigurationError) -> Double? {
+        guard let (text, origin) = source.text(flag) else { return value }
+        if offAllowed, text == "off" { return nil }
+        guard let rate = RateLimiter.parseRate(text) else {
+            throw ConfigurationError("\(origin) must look like \(examples), got \(text)")
+        }
+        return rate
     }
 
     /// A switch: a flag given is on; a variable must say 1, true, yes, 0, false or no.
@@ -198,8 +204,8 @@ public struct AuthSettings: Sendable, Equatable {
     public var oidcIssuer: String?
     public var audience: String?
     public var issuer: String?
-    /// Requests per caller, as `N/s` or `N/min`, and the burst above it (nil: one second's worth).
-    public var rateLimit: String?
+    /// Requests per second per caller (nil: no limit), and the burst above it (nil: one second's worth).
+    public var rateLimit: Double?
     public var rateBurst: Int?
     public var insecureNoAuth: Bool
     public var devKey: Bool
@@ -213,19 +219,11 @@ public struct AuthSettings: Sendable, Equatable {
         oidcIssuer = settings.optionalString("oidc-issuer")
         audience = settings.optionalString("jwt-audience")
         issuer = settings.optionalString("jwt-issuer")
-        rateLimit = settings.optionalString("rate-limit")
+        rateLimit = try settings.rate("rate-limit", default: nil, spelled: "100/s or 600/min")
         rateBurst = settings.source.text("rate-burst") == nil
             ? nil : try settings.integer("rate-burst", default: 1, in: 1...1_000_000)
-        let failureLimit = settings.string("auth-failure-limit", default: "2/s")
-        if failureLimit == "off" {
-            authFailureRate = nil
-        } else if let rate = RateLimiter.parseRate(failureLimit) {
-            authFailureRate = rate
-        } else {
-            throw ConfigurationError(
-                "\(settings.source.text("auth-failure-limit")?.origin ?? "--auth-failure-limit") must look like 2/s,"
-                    + " 60/min or off, got \(failureLimit)")
-        }
+        authFailureRate = try settings.rate(
+            "auth-failure-limit", default: 2, offAllowed: true, spelled: "2/s, 60/min or off")
         insecureNoAuth = try settings.bool("insecure-no-auth")
         devKey = try settings.bool("dev-key")
         let sources = [jwksFile, jwksURL, oidcIssuer].compactMap { $0 }
@@ -234,9 +232,6 @@ public struct AuthSettings: Sendable, Equatable {
         }
         for (flag, url) in [("--jwks-url", jwksURL), ("--oidc-issuer", oidcIssuer)] {
             if let url, let problem = JWKSLocation.fetchProblem(url) { throw ConfigurationError("\(flag): \(problem)") }
-        }
-        if let rateLimit, RateLimiter.parseRate(rateLimit) == nil {
-            throw ConfigurationError("--rate-limit must look like 100/s or 600/min, got \(rateLimit)")
         }
         if insecureNoAuth, !listen.isLoopback {
             throw ConfigurationError(

@@ -11,7 +11,8 @@ public enum PythonTools {
 
     private static let ready: Result<Void, TestHTTPError> = {
         do {
-            let (status, output) = try run(GatewayProcess.repositoryRoot + "/scripts/python-tools", [], timeout: 900)
+            let (status, output, _) = try runToEnd(
+                GatewayProcess.repositoryRoot + "/scripts/python-tools", [], mergingErrors: true, timeout: 900)
             return status == 0 ? .success(()) : .failure(TestHTTPError(description: "scripts/python-tools: \(output)"))
         } catch {
             return .failure(TestHTTPError(description: "scripts/python-tools: \(error)"))
@@ -24,36 +25,6 @@ public enum PythonTools {
         return environment + "/bin/" + tool
     }
 
-    /// Runs `executable` to its end (killed after `timeout` seconds); its exit status and its stdout and stderr.
-    public static func run(
-        _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
-        currentDirectory: String = GatewayProcess.repositoryRoot, timeout: Double = 300
-    ) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory)
-        if let environment { process.environment = environment }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        process.standardInput = FileHandle.nullDevice
-        let collected = OutputBuffer()
-        output.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData) }
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning, Date() < deadline { usleep(20_000) }
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-            throw TestHTTPError(description: "\(executable) ran over \(Int(timeout)) s: \(collected.text)")
-        }
-        process.waitUntilExit()
-        output.fileHandleForReading.readabilityHandler = nil
-        collected.append(output.fileHandleForReading.readDataToEndOfFile())
-        return (process.terminationStatus, collected.text)
-    }
-
     /// Starts `executable` in the background; the caller stops it with `terminate()`.
     public static func start(_ executable: String, _ arguments: [String]) throws -> Process {
         let process = Process()
@@ -64,24 +35,6 @@ public enum PythonTools {
         process.standardInput = FileHandle.nullDevice
         try process.run()
         return process
-    }
-}
-
-/// Bytes from a pipe's handler thread, read by the test thread.
-private final class OutputBuffer: @unchecked Sendable {  // `data` is only touched under `lock`.
-    private let lock = NSLock()
-    private var data = Data()
-
-    func append(_ more: Data) {
-        lock.lock()
-        data.append(more)
-        lock.unlock()
-    }
-
-    var text: String {
-        lock.lock()
-        defer { lock.unlock() }
-        return String(decoding: data, as: UTF8.self)
     }
 }
 

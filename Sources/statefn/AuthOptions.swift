@@ -106,15 +106,12 @@ extension AuthSettings {
             }
             jwt = verifier
         }
-        var limiter: RateLimiter?
-        if let rateLimit, let rate = RateLimiter.parseRate(rateLimit) {
-            limiter = RateLimiter(rate: rate, burst: Double(rateBurst ?? max(1, Int(rate.rounded(.up)))))
-        }
+        let limiter = rateLimit.map { RateLimiter(rate: $0, burst: Double(rateBurst ?? max(1, Int($0.rounded(.up))))) }
         logger.info(
             "authentication on",
             metadata: [
                 "api_keys": "on", "jwt": "\(location.map { "\($0)" } ?? "off")",
-                "rate_limit": "\(rateLimit ?? "off")",
+                "rate_limit": "\(rateLimit.map { "\($0)/s" } ?? "off")",
                 "auth_failure_limit": "\(authFailureRate.map { "\($0)/s" } ?? "off")",
             ])
         let failures = authFailureRate.map { RateLimiter(rate: $0, burst: Double(Self.authFailureBurst)) }

@@ -27,16 +27,22 @@ struct GatewayOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Where to look for dev-key (env STATEFN_DATA_DIR; default .statefn).", valueName: "dir"))
     var dataDir: String?
 
+    /// These flags, else STATEFN_URL, STATEFN_KEY and STATEFN_DATA_DIR, as `serve` reads its settings.
+    private var settings: SettingsReader {
+        SettingsReader(configurationSource(["url": url, "key": key, "data-dir": dataDir]))
+    }
+
     var baseURL: String {
-        let base = url ?? Environment.value("STATEFN_URL") ?? "http://127.0.0.1:8080"
+        let base = settings.string("url", default: "http://127.0.0.1:8080")
         return base.hasSuffix("/") ? String(base.dropLast()) : base
     }
 
     var credential: String? {
-        if let key = key ?? Environment.value("STATEFN_KEY") { return key }
+        let settings = self.settings
+        if let key = settings.optionalString("key") { return key }
         // The local development key goes only to a gateway on this machine.
         guard let host = URLComponents(string: baseURL)?.host, JWKSLocation.isLoopbackHost(host) else { return nil }
-        let directory = dataDir ?? Environment.value("STATEFN_DATA_DIR") ?? ".statefn"
+        let directory = settings.string("data-dir", default: ".statefn")
         return readFile(directory + "/dev-key")?.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 

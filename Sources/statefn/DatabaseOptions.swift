@@ -36,16 +36,15 @@ struct DatabaseOptions: ParsableArguments {
     func settings() throws -> DatabaseSettings {
         try configuring { try DatabaseSettings(SettingsReader(configurationSource(flags))) }
     }
+}
 
+extension DatabaseSettings {
     /// The database to use, starting the embedded cluster when DATABASE_URL is not set.
     /// With `leaveRunning`, an embedded cluster that was already running (a gateway's) is returned as nil, so the
     /// caller does not stop it.
     func open(logger: Logger, leaveRunning: Bool = false) throws -> (config: PostgresConfig, embedded: EmbeddedPostgres?) {
-        let settings = try settings()
-        if let url = settings.url {
-            return (try PostgresConfig(url), nil)
-        }
-        let directory = clusterDirectory(settings)
+        if let url { return (try PostgresConfig(url), nil) }
+        let directory = clusterDirectory
         let embedded = EmbeddedPostgres(directory: directory, logger: logger)
         if leaveRunning, embedded.isRunning {
             return (try PostgresConfig(try embedded.start()), nil)
@@ -58,15 +57,15 @@ struct DatabaseOptions: ParsableArguments {
 
     /// `<data-dir>/pg`, unless we are root and PostgreSQL's unprivileged account could not reach it (a checkout
     /// under /root, say): then /var/lib/statefn/<data-dir path>/pg, so the cluster still survives restarts.
-    func clusterDirectory(_ settings: DatabaseSettings) -> String {
-        let dataDirectory = absolutePath(settings.dataDirectory)
+    var clusterDirectory: String {
+        let dataDirectory = absolutePath(dataDirectory)
         guard getuid() == 0, !othersCanTraverse(dataDirectory) else { return dataDirectory + "/pg" }
         let key = dataDirectory.split(separator: "/").joined(separator: "_")
         return "/var/lib/statefn/\(key)/pg"
     }
 
     func migrator() throws -> Migrator {
-        if let directory = try settings().migrationsDirectory { return try Migrator(directory: directory) }
+        if let migrationsDirectory { return try Migrator(directory: migrationsDirectory) }
         guard let directory = installedPath("migrations", isDirectory: true) else {
             throw ValidationError("no migrations directory found; pass --migrations-dir")
         }

@@ -4,13 +4,6 @@ import ArgumentParser
 import Foundation
 import StatefnCore
 
-enum Environment {
-    static func value(_ name: String) -> String? {
-        guard let value = ProcessInfo.processInfo.environment[name], !value.isEmpty else { return nil }
-        return value
-    }
-}
-
 /// The flags given on the command line (nil: not given) with this process's environment.
 func configurationSource(_ flags: [String: String?]) -> ConfigurationSource {
     ConfigurationSource(flags: flags.compactMapValues { $0 }, environment: ProcessInfo.processInfo.environment)

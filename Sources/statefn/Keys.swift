@@ -127,6 +127,7 @@ struct Keys: AsyncParsableCommand {
 private func withKeyStore(
     _ database: DatabaseOptions, _ logger: Logger, _ body: (APIKeyStore) async throws -> Void
 ) async throws {
+    let database = try database.settings()
     let migrator = try database.migrator()
     let (config, embedded) = try database.open(logger: logger, leaveRunning: true)
     defer { embedded?.stop() }

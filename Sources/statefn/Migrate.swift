@@ -24,6 +24,7 @@ struct Migrate: AsyncParsableCommand {
     func run() async throws {
         let logger = bootstrapLogging(level: .warning)
         try await reportingFailure(logger) {
+            let database = try database.settings()
             let migrator = try database.migrator()
             let (config, embedded) = try database.open(logger: logger, leaveRunning: true)
             defer { embedded?.stop() }

@@ -186,11 +186,11 @@ struct Serve: AsyncParsableCommand {
         let signals = ShutdownSignals()
         let registry = bootstrapMetrics()
 
-        let (config, embedded) = try database.open(logger: logger)
+        let (config, embedded) = try configuration.database.open(logger: logger)
         defer { embedded?.stop() }
         let pool = PostgresPool(config: config, size: configuration.database.poolSize, logger: logger)
         defer { pool.close() }
-        try await database.migrator().apply(on: pool, logger: logger)
+        try await configuration.database.migrator().apply(on: pool, logger: logger)
         let authenticator = try await configuration.auth.authenticator(pool: pool, logger: logger)
         if authenticator != nil, configuration.auth.devKey {
             let (token, path) = try await DevKey.ensure(

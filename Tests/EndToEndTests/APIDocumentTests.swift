@@ -21,11 +21,11 @@ struct APIDocumentTests {
 
         _ = try PythonTools.path("schemathesis")
         let key = try #require(gateway.devKey)
-        let (status, output) = try PythonTools.run(
+        let (status, output, _) = try runToEnd(
             Self.root + "/scripts/check-openapi",
             ["--url", "http://127.0.0.1:\(gateway.port)", "--key", key, "--seed", "7", "--min-cases", "500"],
             environment: ProcessInfo.processInfo.environment.merging(["STATEFN_VENV": PythonTools.environment]) { $1 },
-            timeout: 480)
+            mergingErrors: true, timeout: 480)
         // The summary, for the log of the run.
         print(output.split(separator: "\n").suffix(12).joined(separator: "\n"))
         #expect(status == 0, "\(output)")
@@ -36,10 +36,10 @@ struct APIDocumentTests {
     @Test("every YAML and JSON file in docker/ validates, and the Dockerfile's packages exist in Debian")
     func deploymentFiles() throws {
         _ = try PythonTools.path("kubernetes-validate")
-        let (status, output) = try PythonTools.run(
+        let (status, output, _) = try runToEnd(
             Self.root + "/scripts/check-deploy", [],
             environment: ProcessInfo.processInfo.environment.merging(["STATEFN_VENV": PythonTools.environment]) { $1 },
-            timeout: 300)
+            mergingErrors: true, timeout: 300)
         #expect(status == 0, "\(output)")
         #expect(output.contains("all deployment checks passed"))
         #expect(!output.contains("FAIL"))

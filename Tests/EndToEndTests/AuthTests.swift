@@ -23,33 +23,10 @@ struct AuthTests {
     static func statefnWithErrors(_ arguments: [String], database: String) throws
         -> (status: Int32, output: String, errors: String)
     {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: GatewayProcess.binaryPath)
-        process.arguments = arguments
-        process.environment = [
-            "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "DATABASE_URL": database,
-        ]
-        process.currentDirectoryURL = URL(fileURLWithPath: GatewayProcess.repositoryRoot)
-        let stdout = Pipe()
-        let stderr = Pipe()
-        process.standardOutput = stdout
-        process.standardError = stderr
-        try process.run()
-        // stderr is read on another thread, so that neither pipe can fill up while the other is drained.
-        let errors = Mutex(Data())
-        let readerDone = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
-            let data = stderr.fileHandleForReading.readDataToEndOfFile()
-            errors.withLock { $0 = data }
-            readerDone.signal()
-        }
-        let data = stdout.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        readerDone.wait()
-        return (
-            process.terminationStatus, String(decoding: data, as: UTF8.self),
-            String(decoding: errors.withLock { $0 }, as: UTF8.self)
-        )
+        try runToEnd(
+            GatewayProcess.binaryPath, arguments,
+            environment: ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "DATABASE_URL": database],
+            timeout: 120)
     }
 
     static func createKey(_ database: String, name: String, scopes: [String]) throws -> String {

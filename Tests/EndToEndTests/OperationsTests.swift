@@ -16,7 +16,9 @@ struct OperationsTests {
     {
         var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": NSTemporaryDirectory()]
         env.merge(environment) { $1 }
-        return try PythonTools.run(GatewayProcess.binaryPath, arguments, environment: env, timeout: 120)
+        let (status, output, _) = try runToEnd(
+            GatewayProcess.binaryPath, arguments, environment: env, mergingErrors: true, timeout: 120)
+        return (status, output)
     }
 
     /// The value of a series in Prometheus's text format, matched by its name and labels as printed.

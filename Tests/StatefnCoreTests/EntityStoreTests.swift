@@ -65,7 +65,7 @@ struct EntityStoreTests {
         defer { pool.close() }
         let store = EntityStore(pool: pool, logger: Self.logger)
         let key = EntityKey(function: "cart", entity: "bob")
-        let effect = CommitRequest.Effect(function: "inventory", entity: "rose", command: "reserve", payload: #"{"qty":2}"#, delayMs: 1000)
+        let effect = CommitRequest.Effect(function: "inventory", entity: "rose", command: "reserve", payload: #"{"qty":2}"#, delayMs: 3_600_000)
         let outcome = try await store.commit(
             CommitRequest(key: key, seenVersion: 0, change: .replace("{}"), events: [], effects: [effect], principal: "null"))
         #expect(outcome == .committed(version: 1))

@@ -1,0 +1,62 @@
+// A short-lived program run to its end, for tests: the statefn CLI, a check script. (A long-running gateway is a
+// GatewayProcess.)
+import Foundation
+
+/// Runs `executable` to its end, killed after `timeout` seconds: its exit status, its stdout, and its stderr (or,
+/// `mergingErrors`, stderr into the output in the order written, and errors empty). `environment` nil inherits
+/// the test's. Both pipes are drained as they fill, so neither can block the program.
+public func runToEnd(
+    _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+    currentDirectory: String = GatewayProcess.repositoryRoot, mergingErrors: Bool = false, timeout: Double = 300
+) throws -> (status: Int32, output: String, errors: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory)
+    if let environment { process.environment = environment }
+    let (stdout, stderr) = (Pipe(), mergingErrors ? nil : Pipe())
+    let (output, errors) = (OutputBuffer(), OutputBuffer())
+    process.standardOutput = stdout
+    process.standardError = stderr ?? stdout
+    process.standardInput = FileHandle.nullDevice
+    stdout.fileHandleForReading.readabilityHandler = output.drain
+    stderr?.fileHandleForReading.readabilityHandler = errors.drain
+    try process.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning, Date() < deadline { usleep(20_000) }
+    if process.isRunning {
+        process.terminate()
+        process.waitUntilExit()
+        throw TestHTTPError(description: "\(executable) ran over \(Int(timeout)) s: \(output.text)")
+    }
+    process.waitUntilExit()
+    for (pipe, buffer) in [(stdout, output)] + (stderr.map { [($0, errors)] } ?? []) {
+        pipe.fileHandleForReading.readabilityHandler = nil
+        buffer.append(pipe.fileHandleForReading.readDataToEndOfFile())
+    }
+    return (process.terminationStatus, output.text, errors.text)
+}
+
+/// Bytes from a pipe's handler thread, read by the test thread.
+private final class OutputBuffer: @unchecked Sendable {  // `data` is only touched under `lock`.
+    private let lock = NSLock()
+    private var data = Data()
+
+    /// A readability handler: what is there now; at the end of the pipe it stops being called.
+    @Sendable func drain(_ handle: FileHandle) {
+        let more = handle.availableData
+        if more.isEmpty { handle.readabilityHandler = nil } else { append(more) }
+    }
+
+    func append(_ more: Data) {
+        lock.lock()
+        data.append(more)
+        lock.unlock()
+    }
+
+    var text: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
