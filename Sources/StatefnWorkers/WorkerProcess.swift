@@ -172,9 +172,13 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
     }
 
     /// Kills the group if the leader's resident set is over `memory_mb`: RLIMIT_DATA does not cover everything
-    /// (shared mappings, memory a runtime maps itself), so this is the backstop. Returns whether it did.
+    /// (shared mappings, memory a runtime maps itself), so this is the backstop. Returns whether it did. A worker
+    /// in a memory cgroup is left to the kernel, which charges all of that to the cgroup and kills at the limit
+    /// exactly; a poll racing it would only blur why the worker died.
     func enforceMemoryLimit() -> Bool {
-        guard !killedForMemory, let resident = residentBytes(), resident > memoryLimitBytes else { return false }
+        guard cgroup == nil, !killedForMemory, let resident = residentBytes(), resident > memoryLimitBytes else {
+            return false
+        }
         killedForMemory = true
         logger.warning(
             "worker over memory_mb (\(resident >> 20) MiB resident); killing it",
