@@ -245,6 +245,10 @@ public struct AuthSettings: Sendable, Equatable {
 public struct ServeConfiguration: Sendable {
     public var listen: ListenAddress
     public var functionsDirectory: String
+    /// The account workers run as when statefn runs as root (DESIGN.md section 10).
+    public var workerUser: String
+    /// Whether `workerUser` was asked for (a flag or STATEFN_WORKER_USER) rather than the default.
+    public var workerUserGiven: Bool
     public var database: DatabaseSettings
     public var auth: AuthSettings
     public var maxBodyBytes: Int
@@ -263,6 +267,21 @@ public struct ServeConfiguration: Sendable {
         let listenText = source.text("listen")
         listen = try ListenAddress(listenText?.text ?? "127.0.0.1:8080", origin: listenText?.origin ?? "--listen")
         functionsDirectory = settings.string("functions", default: "functions")
+        let user = source.text("worker-user")
+        workerUser = user?.text ?? "statefn-worker"
+        workerUserGiven = user != nil
+        // useradd's rule for a portable account name.
+        let bytes = Array(workerUser.utf8)
+        let nameByte = { (byte: UInt8) in
+            (0x61...0x7A).contains(byte) || (0x30...0x39).contains(byte) || byte == 0x5F || byte == 0x2D
+        }
+        guard let first = bytes.first, (0x61...0x7A).contains(first) || first == 0x5F, bytes.count <= 32,
+            bytes.allSatisfy(nameByte), workerUser != "root"
+        else {
+            throw ConfigurationError(
+                "\(user?.origin ?? "--worker-user") must be an unprivileged account name ([a-z_][a-z0-9_-]*, at most"
+                    + " 32 bytes, not root), got \"\(workerUser)\"")
+        }
         database = try DatabaseSettings(settings)
         auth = try AuthSettings(settings, listen: listen)
         maxBodyBytes = try settings.integer("max-body-bytes", default: 1 << 20, in: 1...(1 << 30))

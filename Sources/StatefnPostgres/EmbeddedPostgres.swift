@@ -36,30 +36,90 @@ public final class EmbeddedPostgres: Sendable {
         let binaries = try ServerBinaries.find()
         let account = try serverAccount()
         try prepareClusterDirectory(for: account)
-        if !FileManager.default.fileExists(atPath: directory + "/PG_VERSION") {
-            try initialize(with: binaries, as: account)
-        }
+        let password = try clusterPassword()
+        let fresh = !FileManager.default.fileExists(atPath: directory + "/PG_VERSION")
+        if fresh { try initialize(with: binaries, as: account, password: password.value) }
+        // A cluster made before passwords (trust on its socket) gets one: started as it was, given the password
+        // over that one trusted connection, then switched to scram-sha-256.
+        let setPassword = !fresh && password.created
         let socketDirectory = try prepareSocketDirectory(for: account)
-        try writeSettings(socketDirectory: socketDirectory, account: account)
-        let conninfo = "host=\(Self.conninfoQuoted(socketDirectory)) port=\(Self.port) user=statefn dbname=postgres"
+        try writeSettings(socketDirectory: socketDirectory, account: account, trust: setPassword)
+        let socket = "host=\(Self.conninfoQuoted(socketDirectory)) port=\(Self.port) user=statefn dbname=postgres"
+        let conninfo = socket + " passfile=\(Self.conninfoQuoted(passwordFile))"
 
         let pgCtl = [binaries.pgCtl, "-D", directory, "-l", logFile, "-w", "-t", "60"]
         if try ServerCommand([binaries.pgCtl, "-D", directory, "status"], as: account).run().succeeded {
             // Left running by an earlier statefn: reuse it if it listens where we expect, else restart it.
-            if PQping(conninfo) == PQPING_OK {
+            if PQping(socket) == PQPING_OK {
                 logger.notice("reusing the PostgreSQL server already running on this cluster")
-                return conninfo
-            }
-            try withServerLog { () throws(PostgresError) in
-                try ServerCommand(pgCtl + ["-m", "fast", "restart"], as: account).check(.connectionFailed)
+                // It reads the pg_hba.conf just written (passwords only) from its next connection on.
+                try ServerCommand([binaries.pgCtl, "-D", directory, "reload"], as: account).check()
+            } else {
+                try withServerLog { () throws(PostgresError) in
+                    try ServerCommand(pgCtl + ["-m", "fast", "restart"], as: account).check(.connectionFailed)
+                }
             }
         } else {
             try withServerLog { () throws(PostgresError) in
                 try ServerCommand(pgCtl + ["start"], as: account).check(.connectionFailed)
             }
         }
+        if setPassword {
+            try setRolePassword(password.value, conninfo: socket)
+            try writeSettings(socketDirectory: socketDirectory, account: account, trust: false)
+            try ServerCommand([binaries.pgCtl, "-D", directory, "reload"], as: account).check()
+            logger.notice("the embedded cluster now takes only password (scram-sha-256) logins")
+        }
         logger.notice("started embedded PostgreSQL", metadata: ["socket": "\(socketDirectory)", "log": "\(logFile)"])
         return conninfo
+    }
+
+    /// The cluster's password, in a libpq password file (`*:*:*:*:<password>`, mode 0600, ours alone) beside it:
+    /// whoever can read that file can log in, and no one else can, over the socket or otherwise.
+    public var passwordFile: String { parentDirectory + "/pg-password" }
+
+    private func clusterPassword() throws(PostgresError) -> (value: String, created: Bool) {
+        if let text = try? String(contentsOfFile: passwordFile, encoding: .utf8),
+            let line = text.split(separator: "\n").first, line.hasPrefix("*:*:*:*:"), line.count > 8
+        {
+            chmod(passwordFile, 0o600)
+            return (String(line.dropFirst(8)), false)
+        }
+        var generator = SystemRandomNumberGenerator()
+        let value = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+        try writePrivate("*:*:*:*:\(value)\n", to: passwordFile, owner: nil)
+        return (value, true)
+    }
+
+    /// Writes `text` to a new file at `path`, mode 0600, owned by `owner` (or by us); replaces what was there.
+    private func writePrivate(_ text: String, to path: String, owner: ServerAccount?) throws(PostgresError) {
+        unlink(path)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw Self.setupFailure("cannot create \(path): \(Self.errnoText())") }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count,
+            owner.map({ fchown(fd, $0.uid, $0.gid) == 0 }) ?? true
+        else { throw Self.setupFailure("cannot write \(path): \(Self.errnoText())") }
+    }
+
+    /// Gives the role its password over a connection the old trust rule still admits. The password is hex, so
+    /// it needs no quoting beyond the literal's.
+    private func setRolePassword(_ password: String, conninfo: String) throws(PostgresError) {
+        let connection = PQconnectdb(conninfo)
+        defer { PQfinish(connection) }
+        guard PQstatus(connection) == CONNECTION_OK else {
+            throw PostgresError(
+                code: .connectionFailed,
+                detail: "cannot connect to set the cluster's password: \(String(cString: PQerrorMessage(connection)))")
+        }
+        let result = PQexec(connection, "SET password_encryption = 'scram-sha-256'; ALTER ROLE statefn PASSWORD '\(password)'")
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_COMMAND_OK else {
+            throw PostgresError(
+                code: .invalidConfiguration,
+                detail: "cannot set the cluster's password: \(String(cString: PQerrorMessage(connection)))")
+        }
     }
 
     /// Whether a server is running on this cluster now, so a short-lived command (`statefn keys`) that finds one
@@ -101,14 +161,10 @@ public final class EmbeddedPostgres: Sendable {
     private func serverAccount() throws(PostgresError) -> ServerAccount? {
         guard getuid() == 0 else { return nil }
         if let existing = owner(of: directory), existing.uid != 0 { return existing }
-        if let account = ServerAccount.named("postgres") ?? ServerAccount.named("statefn") { return account }
-        let useradd = ServerCommand.systemTool("useradd")
-        try ServerCommand([useradd, "--system", "--no-create-home", "statefn"], as: nil).check()
-        guard let created = ServerAccount.named("statefn") else {
-            throw Self.setupFailure("useradd did not create the statefn account")
-        }
-        logger.notice("created the system account statefn to run PostgreSQL")
-        return created
+        if let account = ServerAccount.named("postgres") { return account }
+        let (account, created) = try ServerAccount.ensureSystem("statefn")
+        if created { logger.notice("created the system account statefn to run PostgreSQL") }
+        return account
     }
 
     private func owner(of path: String) -> ServerAccount? {
@@ -127,7 +183,7 @@ public final class EmbeddedPostgres: Sendable {
             throw Self.setupFailure("cannot create \(directory): \(Self.errnoText())")
         }
         if let account {
-            if let blocked = firstUnsearchableAncestor(for: account) {
+            if let blocked = account.firstUnsearchableDirectory(on: directory) {
                 throw Self.setupFailure(
                     "PostgreSQL runs as the user \(account.name), who cannot reach \(directory) because \(blocked) "
                         + "is not searchable by it: allow it (chmod o+x \(blocked)) or put the cluster elsewhere")
@@ -148,26 +204,18 @@ public final class EmbeddedPostgres: Sendable {
         if stat(directory, &info) == 0, info.st_mode & 0o027 != 0 { chmod(directory, 0o700) }
     }
 
-    /// The first directory above the cluster that `account` may not pass through. We are root, so access() would
-    /// answer for us, not for it: read the permission bits instead (supplementary groups are not considered).
-    private func firstUnsearchableAncestor(for account: ServerAccount) -> String? {
-        var path = ""
-        for component in directory.split(separator: "/").dropLast() {
-            path += "/" + component
-            var info = stat()
-            guard stat(path, &info) == 0 else { return path }
-            let bit = info.st_uid == account.uid ? S_IXUSR : info.st_gid == account.gid ? S_IXGRP : S_IXOTH
-            if info.st_mode & bit == 0 { return path }
-        }
-        return nil
-    }
-
-    private func initialize(with binaries: ServerBinaries, as account: ServerAccount?) throws(PostgresError) {
+    private func initialize(with binaries: ServerBinaries, as account: ServerAccount?, password: String)
+        throws(PostgresError)
+    {
         logger.notice("creating a PostgreSQL cluster")
+        // initdb runs as the server's account and reads the password from a file of its own, removed after.
+        let passwordCopy = parentDirectory + "/.initdb-password"
+        try writePrivate(password + "\n", to: passwordCopy, owner: account)
+        defer { unlink(passwordCopy) }
         try ServerCommand(
             [
-                binaries.initdb, "-D", directory, "--auth=trust", "--username=statefn", "--encoding=UTF8",
-                "--locale=C",
+                binaries.initdb, "-D", directory, "--auth=scram-sha-256", "--pwfile=\(passwordCopy)",
+                "--username=statefn", "--encoding=UTF8", "--locale=C",
             ], as: account
         ).check()
         // Our settings live in their own file, rewritten at every start; postgresql.conf stays the operator's.
@@ -201,8 +249,9 @@ public final class EmbeddedPostgres: Sendable {
         return path
     }
 
-    private func writeSettings(socketDirectory: String, account: ServerAccount?) throws(PostgresError) {
-        let path = directory + "/statefn.conf"
+    /// statefn.conf, and pg_hba.conf, which admits nothing but scram-sha-256 logins over the socket (or, with
+    /// `trust`, the one start that gives an old cluster its password).
+    private func writeSettings(socketDirectory: String, account: ServerAccount?, trust: Bool) throws(PostgresError) {
         let settings = """
             # Written by statefn at every start; put your own settings in postgresql.conf.
             listen_addresses = ''
@@ -210,15 +259,24 @@ public final class EmbeddedPostgres: Sendable {
             unix_socket_directories = '\(Self.settingQuoted(socketDirectory))'
             max_connections = 200
             fsync = on
+            password_encryption = 'scram-sha-256'
 
             """
-        do {
-            try settings.write(toFile: path, atomically: false, encoding: .utf8)
-        } catch {
-            throw Self.setupFailure("cannot write \(path): \(error)")
-        }
-        if let account, chown(path, account.uid, account.gid) != 0 {
-            throw Self.setupFailure("cannot give \(path) to \(account.name): \(Self.errnoText())")
+        let access = """
+            # Written by statefn at every start: the socket only, and only with the password in \(passwordFile).
+            local all all \(trust ? "trust" : "scram-sha-256")
+
+            """
+        for (name, text) in [("statefn.conf", settings), ("pg_hba.conf", access)] {
+            let path = directory + "/" + name
+            do {
+                try text.write(toFile: path, atomically: false, encoding: .utf8)
+            } catch {
+                throw Self.setupFailure("cannot write \(path): \(error)")
+            }
+            if let account, chown(path, account.uid, account.gid) != 0 {
+                throw Self.setupFailure("cannot give \(path) to \(account.name): \(Self.errnoText())")
+            }
         }
     }
 

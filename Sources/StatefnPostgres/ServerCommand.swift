@@ -94,20 +94,53 @@ struct ServerCommand {
 
 /// glibc's posix_spawn extensions (2.29+, 2.34+), found at run time: Swift's Glibc module hides them behind
 /// _GNU_SOURCE. Without them the child keeps our working directory and inherited descriptors.
-/// The unprivileged account the server runs as when we are root.
-struct ServerAccount {
-    var name: String
-    var uid: uid_t
-    var gid: gid_t
+/// An account of this system: the unprivileged one the server runs as when we are root, and the one function
+/// workers run as (DESIGN.md section 10).
+public struct ServerAccount: Sendable, Equatable {
+    public var name: String
+    public var uid: uid_t
+    public var gid: gid_t
 
     /// The account named `name`, if it exists. getpwnam_r.
-    static func named(_ name: String) -> ServerAccount? {
+    public static func named(_ name: String) -> ServerAccount? {
         lookUp { getpwnam_r(name, &$0, $1, $2, &$3) }
     }
 
     /// The account with `uid`, if it exists. getpwuid_r.
-    static func withID(_ uid: uid_t) -> ServerAccount? {
+    public static func withID(_ uid: uid_t) -> ServerAccount? {
         lookUp { getpwuid_r(uid, &$0, $1, $2, &$3) }
+    }
+
+    /// The system account `name`, made (no home, no login shell, a group of its own) if it does not exist.
+    /// Returns it and whether it was made now. Only root can make one.
+    public static func ensureSystem(_ name: String) throws(PostgresError) -> (account: ServerAccount, created: Bool) {
+        if let existing = named(name) { return (existing, false) }
+        try ServerCommand(
+            [
+                ServerCommand.systemTool("useradd"), "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                "--shell", "/usr/sbin/nologin", "--user-group", name,
+            ], as: nil
+        ).check()
+        guard let created = named(name) else {
+            throw PostgresError(code: .invalidConfiguration, detail: "useradd did not create the account \(name)")
+        }
+        return (created, true)
+    }
+
+    /// The first directory on the way to `path` (and `path` itself, when `including`) that this account may not
+    /// pass through, or nil. We are root, so access() would answer for us, not for it: this reads the permission
+    /// bits instead (supplementary groups are not considered).
+    public func firstUnsearchableDirectory(on path: String, including: Bool = false) -> String? {
+        var prefix = ""
+        let components = path.split(separator: "/")
+        for component in including ? components[...] : components.dropLast() {
+            prefix += "/" + component
+            var info = stat()
+            guard stat(prefix, &info) == 0 else { return prefix }
+            let bit = info.st_uid == uid ? S_IXUSR : info.st_gid == gid ? S_IXGRP : S_IXOTH
+            if info.st_mode & bit == 0 { return prefix }
+        }
+        return nil
     }
 
     private static func lookUp(

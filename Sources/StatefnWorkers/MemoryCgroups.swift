@@ -89,13 +89,25 @@ final class MemoryCgroups: Sendable {
         // One directory per pool (a test process runs many), named for the process, so that a later gateway can
         // tell a dead one's leftovers.
         let directory = parent + "/statefn-\(getpid())-\(poolCount.wrappingAdd(1, ordering: .relaxed).oldValue)"
-        guard mkdir(directory, 0o755) == 0 else {
-            logger.notice(
-                "memory_mb: cannot create \(directory) (\(errorText(errno))); RLIMIT_DATA and the RSS watch enforce it")
+        if let problem = makePoolDirectory(directory, version: version, write: writeWholeFile) {
+            logger.notice("memory_mb: \(problem); RLIMIT_DATA and the RSS watch enforce it")
             return nil
         }
         logger.info("memory_mb: each warm worker gets its own \(version.rawValue) under \(directory)")
         return MemoryCgroups(version: version, directory: directory)
+    }
+
+    /// Makes the pool's directory. On cgroup v2 a worker's cgroup under it has a `memory.max` only once the pool's
+    /// `cgroup.subtree_control` has `+memory` (the directory holds no process, so the kernel allows it): that is
+    /// written before any worker cgroup is made. Returns what went wrong, with nothing left behind, or nil.
+    static func makePoolDirectory(_ directory: String, version: Version, write: (String, String) -> Bool) -> String? {
+        guard mkdir(directory, 0o755) == 0 else { return "cannot create \(directory) (\(errorText(errno)))" }
+        if version == .v2, !write(directory + "/cgroup.subtree_control", "+memory") {
+            let reason = errorText(errno)
+            rmdir(directory)
+            return "cannot enable the memory controller in \(directory)/cgroup.subtree_control (\(reason))"
+        }
+        return nil
     }
 
     /// Moves `pid` into a new cgroup of its own limited to `bytes`, swap included; nil (and nothing left behind) if

@@ -54,20 +54,26 @@ enum Spawner {
     /// Not the gateway's PATH: that may point at per-user shims (pyenv, nvm) that need the gateway's HOME.
     static let defaultPath = "/usr/local/bin:/usr/bin:/bin"
 
-    /// The worker's entire environment: its manifest's `env`, plus PATH, LANG and HOME unless the manifest sets
-    /// them. Nothing is inherited, so DATABASE_URL and STATEFN_* never reach a worker.
-    static func environment(for function: FunctionDefinition) -> [String] {
-        var env = ["PATH": defaultPath, "LANG": "C.UTF-8", "HOME": function.workingDirectory]
+    /// The worker's entire environment: its manifest's `env`, plus PATH, LANG and HOME (its scratch directory,
+    /// also TMPDIR, when it has one) unless the manifest sets them. Nothing is inherited, so DATABASE_URL and
+    /// STATEFN_* never reach a worker.
+    static func environment(for function: FunctionDefinition, scratch: String? = nil) -> [String] {
+        var env = ["PATH": defaultPath, "LANG": "C.UTF-8", "HOME": scratch ?? function.workingDirectory]
+        if let scratch { env["TMPDIR"] = scratch }
         env.merge(function.manifest.env) { _, fromManifest in fromManifest }
         return env.map { "\($0.key)=\($0.value)" }.sorted()
     }
 
     /// Starts `function`'s executable; wraps `clinux_spawn_worker` (clone(2) and execve(2), as posix_spawn(3)
     /// would, minus its per-spawn stack mapping) and prlimit(2). With `cgroups`, `memory_mb` goes on a memory
-    /// cgroup of the worker's own, and on RLIMIT_DATA only if that fails.
-    static func spawn(_ function: FunctionDefinition, cgroups: MemoryCgroups? = nil) throws(WorkerError)
-        -> SpawnedProcess
-    {
+    /// cgroup of the worker's own, and on RLIMIT_DATA only if that fails. With `sandbox`, the child takes the
+    /// worker account and the function's Landlock ruleset before exec, and its scratch directory is its HOME.
+    static func spawn(
+        _ function: FunctionDefinition, cgroups: MemoryCgroups? = nil, sandbox: SandboxPreparation? = nil
+    ) throws(WorkerError) -> SpawnedProcess {
+        let prepared = try sandbox?.prepare(function)
+        var identity =
+            prepared.flatMap { sandbox?.identity($0) } ?? clinux_worker_identity(uid: -1, gid: -1, landlock: -1)
         var opened: [Int32] = []
         func closeOpened() { for fd in opened { close(fd) } }
         func makePipe() throws(WorkerError) -> (read: Int32, write: Int32) {
@@ -91,7 +97,7 @@ enum Spawner {
         }
 
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup(function.executable), nil]
-        let envp: [UnsafeMutablePointer<CChar>?] = environment(for: function).map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = environment(for: function, scratch: prepared?.scratch).map { strdup($0) } + [nil]
         defer { (argv + envp).forEach { free($0) } }
 
         var pidfd: Int32 = -1
@@ -103,7 +109,7 @@ enum Spawner {
         for pauseMs in [1, 2, 4, 8, 16, 32, 64, 100, 0] {
             pid = clinux_spawn_worker(
                 function.executable, argv, envp, function.workingDirectory, input.read, output.write, errors.write,
-                &pidfd)
+                &identity, &pidfd)
             guard pid == -ETXTBSY, pauseMs > 0 else { break }
             usleep(UInt32(pauseMs * 1000))
         }

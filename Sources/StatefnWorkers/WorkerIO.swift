@@ -40,7 +40,53 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
 
     func reaped(_ process: WorkerProcess) {
         live[process.pid] = nil
+        collectOrphans()
         spawnSettled()
+    }
+
+    /// Set when the gateway is a child subreaper (`WorkerSandbox.becomeSubreaper`).
+    var reapsOrphans = false
+    /// Orphans sent SIGKILL and not reaped yet.
+    private var condemned: Set<pid_t> = []
+
+    /// Kills and reaps what workers left behind. With the gateway a child subreaper, a worker's descendant that
+    /// left its process group (`setsid`, `setpgid`), and so escaped the group's SIGKILL, becomes a child of the
+    /// gateway once the worker is gone. Any child that is not a live worker is such an orphan (the gateway starts
+    /// no other process once it serves), but for a worker spawned a moment ago and not yet taken on here: that
+    /// one is in the gateway's session, leads its own group, and is counted in `spawnGate.pending`. Runs after
+    /// every reap and once a second.
+    func collectOrphans() {
+        guard reapsOrphans else { return }
+        let gateway = getpid()
+        let session = getsid(0)
+        let group = getpgrp()
+        let spawning = spawnGate.withLock { $0.pending } > 0
+        // The kernel hands an orphan to the subreaper's main thread (its thread group leader) when that lives, else
+        // to another of its threads: the spawn threads, parents of the workers, are the ones that matter then.
+        for thread in [gateway] + SpawnThreads.shared.threadIDs.withLock({ $0 }) {
+            guard let text = readText("/proc/\(gateway)/task/\(thread)/children") else { continue }
+            for pid in text.split(separator: " ").compactMap({ pid_t($0) }) where live[pid] == nil {
+                guard !condemned.contains(pid), let ids = Self.groupAndSession(of: pid) else { continue }
+                let escaped = ids.session != session || (ids.group != pid && ids.group != group) || !spawning
+                guard escaped else { continue }
+                logger.warning(
+                    "killing a process a worker left behind outside its process group",
+                    metadata: ["pid": "\(pid)", "session": "\(ids.session)"])
+                kill(pid, SIGKILL)
+                condemned.insert(pid)
+            }
+        }
+        for pid in condemned where waitpid(pid, nil, WNOHANG) != 0 { condemned.remove(pid) }
+    }
+
+    /// The process group and session of `pid`, from /proc/<pid>/stat (after the command name, which may hold
+    /// spaces and parentheses: the fields follow its last ')').
+    private static func groupAndSession(of pid: pid_t) -> (group: pid_t, session: pid_t)? {
+        guard let text = readText("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // state, ppid, pgrp, session
+        guard fields.count > 3, let group = pid_t(fields[2]), let session = pid_t(fields[3]) else { return nil }
+        return (group, session)
     }
 
     /// Completes a stop once every process is reaped and no spawn is under way.

@@ -54,6 +54,8 @@ public final class WorkerPool: Sendable {
     static let tickMs = 100
     /// The RSS watch runs every this many ticks.
     static let memoryCheckTicks = 5
+    /// Orphans of workers are looked for every this many ticks, besides after every reap.
+    static let orphanCheckTicks = 10
     /// Answers up to this size let their request go on on the I/O thread (`AnswerExecutor`).
     static let inlineAnswerBytes = 64 << 10
 
@@ -72,14 +74,18 @@ public final class WorkerPool: Sendable {
     /// enforce their `memory_mb`.
     let memoryCgroups: MemoryCgroups?
     let watchStopped = Atomic<Bool>(false)
+    /// Who workers run as and what they may touch (`WorkerSandbox`).
+    let sandbox: SandboxPreparation
 
-    public init(logger: Logger) {
+    public init(logger: Logger, sandbox: WorkerSandbox = WorkerSandbox()) {
         // Requests are written to worker pipes from callers' threads too; a worker that died must mean EPIPE there,
         // not the end of the process. (Workers get default dispositions back: `Spawner`.)
         signal(SIGPIPE, SIG_IGN)
         self.logger = logger
         loop = EventLoop()
         io = WorkerIO(loop: loop, logger: logger)
+        io.reapsOrphans = sandbox.reapsOrphans
+        self.sandbox = SandboxPreparation(sandbox)
         answerExecutor = AnswerExecutor(loop: loop)
         memoryCgroups = MemoryCgroups.open(logger: logger)
         loop.execute { [weak self] in self?.scheduleTick(count: 0) }
@@ -356,6 +362,7 @@ public final class WorkerPool: Sendable {
         }
         for (function, action) in work { perform(action, for: function) }
         if count % Self.memoryCheckTicks == 0 { io.enforceMemoryLimits() }
+        if count % Self.orphanCheckTicks == 0 { io.collectOrphans() }
     }
 
     private func scheduleScan(
@@ -414,7 +421,8 @@ public final class WorkerPool: Sendable {
             var spawned: SpawnedProcess
             do throws(WorkerError) {
                 spawned = try Spawner.spawn(
-                    function, cgroups: function.manifest.mode == .warm ? self.memoryCgroups : nil)
+                    function, cgroups: function.manifest.mode == .warm ? self.memoryCgroups : nil,
+                    sandbox: self.sandbox)
             } catch {
                 return self.loop.execute { self.started(worker, of: function, with: request, .failure(error)) }
             }

@@ -57,6 +57,13 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory of function executables (env STATEFN_FUNCTIONS; default functions).", valueName: "dir"))
     var functions: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "As root, run workers as this unprivileged account, created on first start if missing; as any other"
+                + " user workers run as that user (env STATEFN_WORKER_USER; default statefn-worker).",
+            valueName: "name"))
+    var workerUser: String?
+
     @OptionGroup var database: DatabaseOptions
 
     @OptionGroup(title: "Authentication") var auth: AuthOptions
@@ -158,7 +165,7 @@ struct Serve: AsyncParsableCommand {
     /// The flags given, by name, for the configuration to read beside the environment.
     private var flags: [String: String?] {
         var flags: [String: String?] = [
-            "listen": listen, "functions": functions, "max-body-bytes": maxBodyBytes, "http-threads": httpThreads,
+            "listen": listen, "functions": functions, "worker-user": workerUser, "max-body-bytes": maxBodyBytes, "http-threads": httpThreads,
             "grace-period": gracePeriod, "conflict-budget": conflictBudget, "cache-bytes": cacheBytes,
             "idempotency-ttl": idempotencyTtl, "idempotency-wait": idempotencyWait, "outbox-poll": outboxPoll,
             "outbox-max-attempts": outboxMaxAttempts, "outbox-lease": outboxLease, "feed-poll": feedPoll,
@@ -183,6 +190,8 @@ struct Serve: AsyncParsableCommand {
     }
 
     private func serve(_ configuration: ServeConfiguration, _ logger: Logger) async throws {
+        // Before any secret is read: no worker may read this process's environment or memory.
+        if !WorkerSandbox.becomeUndumpable() { logger.warning("cannot make the gateway undumpable (prctl failed)") }
         let signals = ShutdownSignals()
         let registry = bootstrapMetrics()
 
@@ -214,7 +223,11 @@ struct Serve: AsyncParsableCommand {
             "functions loaded",
             metadata: ["directory": "\(functionsDirectory)", "functions": "\(catalog.functions.keys.sorted().joined(separator: ","))"])
 
-        let workers = WorkerPool(logger: logger)
+        let sandbox = try workerSandbox(
+            user: configuration.workerUser, explicitUser: configuration.workerUserGiven,
+            functionsDirectory: functionsDirectory, dataDirectory: absolutePath(configuration.database.dataDirectory),
+            clusterOwner: embedded.map { _ in configuration.database.clusterDirectory }, logger: logger)
+        let workers = WorkerPool(logger: logger, sandbox: sandbox)
         var gatewayConfiguration = GatewayConfiguration()
         gatewayConfiguration.commits = configuration.commits
         gatewayConfiguration.outbox = configuration.outbox

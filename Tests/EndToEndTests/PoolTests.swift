@@ -236,7 +236,7 @@ struct PoolTests {
         #expect(env["GREETING"] == "hi")
         #expect(!names.contains("DATABASE_URL"))
         #expect(!names.contains { $0.hasPrefix("STATEFN_") }, "\(names)")
-        #expect(Set(names).isSubset(of: ["GREETING", "PATH", "LANG", "HOME", "LC_CTYPE", "PWD"]), "\(names)")
+        #expect(Set(names).isSubset(of: ["GREETING", "PATH", "LANG", "HOME", "TMPDIR", "LC_CTYPE", "PWD"]), "\(names)")
 
         // Every worker the gateway has, from its own listing and from the process table.
         let listing = try await onThread {

@@ -36,6 +36,47 @@ import StatefnTestSupport
         #expect(try await reopened.execute("SELECT id FROM kept").rows == [["survives"]])
     }
 
+    /// Only the password opens the cluster (DESIGN.md section 10): pg_hba.conf admits scram-sha-256 logins alone,
+    /// the password is in a 0600 file of ours, and a cluster made before passwords gets one at its next start.
+    @Test func theClusterTakesOnlyItsPassword() async throws {
+        let root = TestDatabase.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let cluster = EmbeddedPostgres(directory: root + "/pg", logger: TestDatabase.logger)
+        defer { cluster.stop() }
+        let conninfo = try await onThread { try cluster.start() }
+        #expect(cluster.passwordFile == root + "/pg-password")
+        var info = stat()
+        #expect(stat(cluster.passwordFile, &info) == 0 && info.st_mode & 0o777 == 0o600 && info.st_uid == getuid())
+        let withoutPassword = conninfo.replacingOccurrences(
+            of: #" passfile='[^']*'"#, with: "", options: .regularExpression)
+        #expect(withoutPassword != conninfo)
+        func connects(_ conninfo: String) async -> PostgresError? {
+            let pool = PostgresPool(config: try! PostgresConfig(conninfo), size: 1, logger: TestDatabase.logger)
+            defer { pool.close() }
+            do {
+                _ = try await pool.execute("SELECT 1")
+                return nil
+            } catch let error as PostgresError {
+                return error
+            } catch {
+                return PostgresError(code: .connectionFailed, detail: "\(error)")
+            }
+        }
+        #expect(await connects(conninfo) == nil)
+        let refused = await connects(withoutPassword)
+        #expect(refused?.detail.contains("password") == true, "\(String(describing: refused))")
+
+        // A cluster from before passwords: no password file, trust on the socket. Its next start sets one.
+        try await onThread { cluster.stop() }
+        unlink(cluster.passwordFile)
+        try "local all all trust\n".write(toFile: root + "/pg/pg_hba.conf", atomically: false, encoding: .utf8)
+        let again = try await onThread { try cluster.start() }
+        #expect(await connects(again) == nil)
+        #expect(await connects(withoutPassword) != nil, "the old trust rule is gone")
+        let hba = try String(contentsOfFile: root + "/pg/pg_hba.conf", encoding: .utf8)
+        #expect(hba.contains("local all all scram-sha-256") && !hba.contains("trust"))
+    }
+
     @Test func aLongDirectoryPutsTheSocketUnderTmp() async throws {
         let root = TestDatabase.makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }

@@ -307,6 +307,27 @@ import Testing
         #expect(MemoryCgroups.locate(mountInfo: "", ownCgroups: own, subtreeControl: { _ in nil }) == nil)
     }
 
+    /// cgroup v2 gives a child cgroup `memory.max` only if its parent's `cgroup.subtree_control` has `+memory`:
+    /// the pool's directory enables it before any worker cgroup goes under it (this host's memory controller may
+    /// be v1's, so the writes are recorded rather than made).
+    @Test func aCgroupV2PoolEnablesTheMemoryControllerForItsWorkers() throws {
+        let root = NSTemporaryDirectory() + "statefn-cgroup-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var writes: [(String, String)] = []
+        #expect(MemoryCgroups.makePoolDirectory(root + "/pool", version: .v2) { writes.append(($0, $1)); return true } == nil)
+        #expect(writes.map(\.0) == [root + "/pool/cgroup.subtree_control"])
+        #expect(writes.map(\.1) == ["+memory"])
+        // Refused (a cgroup with processes of its own, say): said why, and nothing is left behind.
+        let refused = MemoryCgroups.makePoolDirectory(root + "/busy", version: .v2) { _, _ in errno = EBUSY; return false }
+        #expect(refused?.contains("cgroup.subtree_control") == true)
+        #expect(!FileManager.default.fileExists(atPath: root + "/busy"))
+        // cgroup v1 has no subtree_control: nothing written.
+        writes = []
+        #expect(MemoryCgroups.makePoolDirectory(root + "/v1", version: .v1) { writes.append(($0, $1)); return true } == nil)
+        #expect(writes.isEmpty)
+    }
+
     @Test func reservedAddressSpaceDoesNotCountAgainstMemoryMB() async throws {
         let recorder = LogRecorder()
         try await withPool(recorder) { pool in

@@ -13,16 +13,38 @@ int clinux_pipe2(int fds[2], int flags);
 int clinux_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int lowest);
 // posix_spawn_file_actions_addchdir_np sets the child's working directory without a shell.
 int clinux_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
+// Who a worker runs as, and what confines it, applied in the child between fork and exec.
+struct clinux_worker_identity {
+    // -1 keeps the gateway's; otherwise the child drops its supplementary groups and takes this gid and uid.
+    int uid;
+    int gid;
+    // A Landlock ruleset (clinux_landlock_ruleset) the child restricts itself to, with no_new_privs; -1 for none.
+    int landlock;
+};
 // Starts a function worker: `path` with `argv` and `envp` (nothing searched, nothing inherited), its stdin, stdout
 // and stderr from `in`, `out` and `err`, working directory `directory`, in a new process group, with every signal
-// at its default disposition and none blocked, and no other descriptor open. Returns the pid and sets *pidfd (a
-// descriptor that epoll reports readable when the process exits), or returns -errno, with nothing left to reap.
-// Like posix_spawn(3), but with the child on a stack inside the caller's frame (no mmap and munmap per spawn) and
-// the pidfd from clone(2) itself (CLONE_PIDFD): see shim.c.
+// at its default disposition and none blocked, and no other descriptor open, as `identity` says. Returns the pid
+// and sets *pidfd (a descriptor that epoll reports readable when the process exits), or returns -errno, with
+// nothing left to reap. Like posix_spawn(3), but with the child on a stack inside the caller's frame (no mmap and
+// munmap per spawn) and the pidfd from clone(2) itself (CLONE_PIDFD): see shim.c.
 int clinux_spawn_worker(const char *path, char *const argv[], char *const envp[], const char *directory, int in,
-                        int out, int err, int *pidfd);
+                        int out, int err, const struct clinux_worker_identity *identity, int *pidfd);
+// prctl(PR_SET_DUMPABLE, 0): /proc/<pid>/environ, mem and ptrace are closed to other processes of the same uid.
+int clinux_set_undumpable(void);
+// prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are reparented to this process, not to init.
+int clinux_set_child_subreaper(void);
+// The Landlock ABI version the kernel offers, or -errno (ENOSYS: not built in; EOPNOTSUPP: disabled at boot).
+int clinux_landlock_abi(void);
+// A Landlock ruleset for ABI `abi`: `read` paths (files and directories beneath) may be read and executed, `write`
+// paths may also be written, created and removed, and nothing else on the filesystem may be touched. From ABI 6
+// on, signals and abstract Unix sockets are also scoped to the worker's own domain. Paths that do not exist are
+// skipped. Returns a close-on-exec descriptor, or -errno.
+int clinux_landlock_ruleset(int abi, const char *const read[], int readCount, const char *const write[],
+                            int writeCount);
 // prlimit sets another process's limit; RLIMIT_DATA caps a worker's heap and private writable mappings without
 // counting the address space that V8, the JVM and Go reserve but never touch (RLIMIT_AS would).
 int clinux_limit_data(pid_t pid, unsigned long long bytes);
+// gettid(2): the calling thread's id, which names its entry under /proc/<pid>/task.
+int clinux_gettid(void);
 // pthread_setname_np names the calling thread for ps, top and perf (at most 15 bytes).
 int clinux_name_thread(const char *name);
