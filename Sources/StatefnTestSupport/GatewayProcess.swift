@@ -48,7 +48,7 @@ public final class GatewayProcess: @unchecked Sendable {
     /// development key that `client()` sends (see `Authentication`).
     public init(
         arguments: [String] = [], environment: [String: String] = [:], authentication: Authentication = .devKey,
-        startTimeout: Double = 120
+        startTimeout: Double = 120, runAs account: (uid: uid_t, gid: gid_t)? = nil
     ) throws {
         guard FileManager.default.isExecutableFile(atPath: Self.binaryPath) else {
             throw TestHTTPError(description: "\(Self.binaryPath) is missing: run `swift build` first")
@@ -80,11 +80,13 @@ public final class GatewayProcess: @unchecked Sendable {
         var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": NSTemporaryDirectory()]
         env.merge(environment) { $1 }
         let serve = [Self.binaryPath, "serve", "--listen", "127.0.0.1:0"] + (authentication == .off ? ["--insecure-no-auth"] : [])
-        let argv = (serve + arguments).map { strdup($0) } + [nil]
+        // setpriv execs statefn in its own place, so the pid is the gateway's.
+        let setpriv = account.map { ["/usr/bin/setpriv", "--reuid=\($0.uid)", "--regid=\($0.gid)", "--clear-groups", "--"] }
+        let argv = ((setpriv ?? []) + serve + arguments).map { strdup($0) } + [nil]
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }
         var child = pid_t()
-        let spawned = posix_spawn(&child, Self.binaryPath, &actions, nil, argv, envp)
+        let spawned = posix_spawn(&child, setpriv?[0] ?? Self.binaryPath, &actions, nil, argv, envp)
         close(fds[1])
         guard spawned == 0 else {
             close(fds[0])

@@ -11,6 +11,8 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
     private var deadline: EventLoop.Timer?
     private var sawFirstLine = false
     private var timedOut = false
+    /// How its request ended, once it has.
+    private var outcome: PoolStateMachine<PendingRequest>.Outcome?
 
     init(slot: Int, function: FunctionDefinition, process: WorkerProcess, pool: WorkerPool) {
         self.slot = slot
@@ -44,13 +46,18 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
         }
         self.request = nil
         let answer = checkAnswer(parsed, to: request.id)
-        if case .failure = answer { process.signalGroup(SIGKILL) }
+        outcome = .succeeded
+        if case .failure = answer {
+            outcome = .failed
+            process.signalGroup(SIGKILL)
+        }
         pool.deliver(answer, to: request, lineBytes: line.count)
     }
 
     private func deadlinePassed() {
         deadline = nil
         timedOut = true
+        if request != nil { outcome = .failed }
         process.terminateGroup(graceMs: WorkerPool.terminationGraceMs)
         guard let request else { return }
         self.request = nil
@@ -65,7 +72,10 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
         let forMemory = process.killedForMemory
         if forMemory { pool.note(.recycle, of: function) }
         let crashed = request != nil && !timedOut && !forMemory && !pool.io.stopping
-        pool.workerRetired(slot, of: function, crashed: crashed)
+        if request != nil && !pool.io.stopping { outcome = .failed }
+        // One process per request: a crash is its request's failure, weighed in the failure ratio; only a spawn
+        // that fails is a start-up crash.
+        pool.workerRetired(slot, of: function, crashed: crashed, beforeServing: false, outcome: outcome)
         guard let request else { return }
         self.request = nil
         let error =

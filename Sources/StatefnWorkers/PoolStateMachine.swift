@@ -1,7 +1,9 @@
 // The pool of one function as pure state (postgres-nio's PoolStateMachine in spirit): which workers exist, which
 // are idle and since when, which requests wait, in order, and how often workers have crashed lately. It does no
 // I/O and reads no clock: each event carries `now`, and returns the action its owner carries out after releasing
-// the lock, so tests drive it with a fake clock. Warm pools reuse idle workers; fork mode uses the same slots, one
+// the lock, so tests drive it with a fake clock. Its crash-loop breaker measures failure, not volume: a worker that
+// served and then died is replaced at once; the function is refused only when workers die before serving, or when
+// most of its recent requests failed. Warm pools reuse idle workers; fork mode uses the same slots, one
 // per process, and never reuses them.
 
 struct PoolStateMachine<Request> {
@@ -12,7 +14,21 @@ struct PoolStateMachine<Request> {
     enum Rejection: Equatable {
         case queueFull, queueTimedOut, shuttingDown
         /// A crash loop: refused until `retryAfterMs` from now.
-        case unhealthy(retryAfterMs: Int)
+        case unhealthy(retryAfterMs: Int, Unhealthy)
+    }
+
+    /// Why a function is refused for a cool-down.
+    enum Unhealthy: Equatable {
+        /// `CrashPolicy.loopCrashes` workers died before serving a request, within `CrashPolicy.loopWindowMs`.
+        case startupCrashes
+        /// Most of its recent requests failed (`CrashPolicy.failureRatio` of at least `minimumRequests`).
+        case failingRequests(failed: Int, of: Int)
+    }
+
+    /// How the request a worker had ended, for the failure ratio: a crash, a timeout or a broken answer is the
+    /// function's failure; a refusal by the function itself is an answer, so a success here.
+    enum Outcome: Equatable {
+        case succeeded, failed
     }
 
     enum Action {
@@ -64,12 +80,15 @@ struct PoolStateMachine<Request> {
     private var nextTicket = 0
     private var shuttingDown = false
     private(set) var draining = false
-    /// Crash times inside the loop window, oldest first.
+    /// Start-up crash times inside the loop window, oldest first.
     private var recentCrashes: [Instant] = []
+    /// The last `CrashPolicy.outcomeWindow` requests' outcomes, oldest first.
+    private var outcomes: [(at: Instant, failed: Bool)] = []
     /// Crashes since the last good answer; each doubles the wait before the next spawn.
     private var consecutiveCrashes = 0
     private var spawnNotBefore: Instant = .min
     private(set) var unhealthyUntil: Instant?
+    private(set) var unhealthyCause = Unhealthy.startupCrashes
 
     init(_ limits: Limits) {
         precondition(limits.maxWorkers >= 1, "a pool needs room for one worker")
@@ -88,7 +107,7 @@ struct PoolStateMachine<Request> {
     mutating func request(_ request: Request, now: Instant = 0) -> Action {
         if shuttingDown || draining { return .reject(request, .shuttingDown) }
         if let until = unhealthyUntil {
-            if now < until { return .reject(request, .unhealthy(retryAfterMs: until - now)) }
+            if now < until { return .reject(request, .unhealthy(retryAfterMs: until - now, unhealthyCause)) }
             recover()
         }
         if let (worker, _) = idle.popLast() {
@@ -102,9 +121,11 @@ struct PoolStateMachine<Request> {
         return .armQueueTimer(ticket: nextTicket)
     }
 
-    /// A busy worker answered (or a worker started ahead of demand is ready) and can take another request.
-    mutating func workerFinished(_ worker: WorkerID, now: Instant = 0) -> Action {
+    /// A busy worker answered (or, with `answered` false, a worker started ahead of demand is ready) and can take
+    /// another request.
+    mutating func workerFinished(_ worker: WorkerID, answered: Bool = true, now: Instant = 0) -> Action {
         precondition(busy.contains(worker), "worker \(worker) finished a request it did not have")
+        if answered { record(.succeeded, now: now) }
         // The code works: whatever crashed before does not hold back the next spawn.
         consecutiveCrashes = 0
         spawnNotBefore = .min
@@ -119,22 +140,34 @@ struct PoolStateMachine<Request> {
     }
 
     /// A worker is gone (it exited, broke the protocol, timed out, was recycled, or never started); its slot may
-    /// serve the oldest waiting request. A crash also delays the next spawn, and enough of them in a short time
-    /// make the pool unhealthy: the waiting requests are refused with it.
-    mutating func workerRetired(_ worker: WorkerID, crashed: Bool = false, now: Instant = 0) -> [Action] {
+    /// serve the oldest waiting request. `outcome` is how the request it had, if any, ended. A crash before the
+    /// worker served anything (`beforeServing`) delays the next spawn, and enough of them in a short time make
+    /// the pool unhealthy; so does a majority of failed requests. Either way the waiting requests are refused.
+    /// A worker that served and then crashed is only replaced.
+    mutating func workerRetired(
+        _ worker: WorkerID, crashed: Bool = false, beforeServing: Bool = true, outcome: Outcome? = nil,
+        now: Instant = 0
+    ) -> [Action] {
+        if let outcome { record(outcome, now: now) }
+        if crashed {
+            statistics.crashes += 1
+            if beforeServing { noteStartupCrash(now: now) }
+        }
         if busy.remove(worker) == nil {
             guard let index = idle.firstIndex(where: { $0.worker == worker }) else {
-                if crashed { noteCrash(now: now) }
-                return crashed ? refuseQueueIfUnhealthy(now: now) : []
+                return refuseQueueIfUnhealthy(now: now)
             }
             idle.remove(at: index)
         }
-        if crashed {
-            noteCrash(now: now)
-            let refused = refuseQueueIfUnhealthy(now: now)
-            if !refused.isEmpty || unhealthyUntil != nil { return refused }
-        }
+        let refused = refuseQueueIfUnhealthy(now: now)
+        if !refused.isEmpty || unhealthyUntil != nil { return refused }
         return spawnForWaiting(now: now)
+    }
+
+    /// A request ended without its worker retiring over it (a warm worker that stays, or one already counted).
+    mutating func requestEnded(_ outcome: Outcome, now: Instant = 0) -> [Action] {
+        record(outcome, now: now)
+        return refuseQueueIfUnhealthy(now: now)
     }
 
     mutating func queueTimedOut(ticket: Int) -> Action {
@@ -203,34 +236,57 @@ struct PoolStateMachine<Request> {
         return actions
     }
 
-    private mutating func noteCrash(now: Instant) {
-        statistics.crashes += 1
+    private mutating func noteStartupCrash(now: Instant) {
         recentCrashes.append(now)
         recentCrashes.removeAll { now - $0 >= CrashPolicy.loopWindowMs }
         let backoff = min(
             CrashPolicy.firstBackoffMs << min(consecutiveCrashes, 16), CrashPolicy.maxBackoffMs)
         consecutiveCrashes += 1
         spawnNotBefore = now + backoff
-        if recentCrashes.count >= CrashPolicy.loopCrashes { unhealthyUntil = now + CrashPolicy.coolDownMs }
+        if recentCrashes.count >= CrashPolicy.loopCrashes, unhealthyUntil == nil {
+            unhealthyUntil = now + CrashPolicy.coolDownMs
+            unhealthyCause = .startupCrashes
+        }
+    }
+
+    /// One more request's outcome in the window; a majority of failures among enough recent requests is a loop.
+    private mutating func record(_ outcome: Outcome, now: Instant) {
+        outcomes.append((now, outcome == .failed))
+        if outcomes.count > CrashPolicy.outcomeWindow { outcomes.removeFirst(outcomes.count - CrashPolicy.outcomeWindow) }
+        guard outcome == .failed, unhealthyUntil == nil else { return }
+        let recent = outcomes.filter { now - $0.at < CrashPolicy.loopWindowMs }
+        let failed = recent.count { $0.failed }
+        if recent.count >= CrashPolicy.minimumRequests, Double(failed) > CrashPolicy.failureRatio * Double(recent.count) {
+            unhealthyUntil = now + CrashPolicy.coolDownMs
+            unhealthyCause = .failingRequests(failed: failed, of: recent.count)
+        }
     }
 
     private mutating func refuseQueueIfUnhealthy(now: Instant) -> [Action] {
         guard let until = unhealthyUntil else { return [] }
         defer { queue.removeAll() }
-        return queue.map { .reject($0.request, .unhealthy(retryAfterMs: until - now)) }
+        return queue.map { .reject($0.request, .unhealthy(retryAfterMs: until - now, unhealthyCause)) }
     }
 
     private mutating func recover() {
         unhealthyUntil = nil
         recentCrashes.removeAll()
+        outcomes.removeAll()
         consecutiveCrashes = 0
         spawnNotBefore = .min
     }
 }
 
-/// When a run of crashes becomes a crash loop, and what follows (PHP-FPM's emergency restart threshold in spirit).
+/// When crashes become a crash loop, and what follows (PHP-FPM's emergency restart threshold in spirit, and a
+/// circuit breaker's failure ratio over a window of requests).
 enum CrashPolicy {
+    /// Workers dying before they serve anything, within `loopWindowMs`.
     static let loopCrashes = 5
+    /// The requests whose outcomes are weighed, the fewest that may trip the breaker, and the share of them
+    /// that must have failed (more than half: a 2% crash rate never trips it).
+    static let outcomeWindow = 20
+    static let minimumRequests = 10
+    static let failureRatio = 0.5
     static let loopWindowMs = 30_000
     static let coolDownMs = 30_000
     static let firstBackoffMs = 100

@@ -41,7 +41,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
     /// Called once, right after spawning, with the first request or with nil for a worker started ahead of demand.
     func start(_ request: PendingRequest?) {
         guard !ready else {
-            if let request { send(request) } else { becomeIdle() }
+            if let request { send(request) } else { becomeIdle(answered: false) }
             return
         }
         waitingForReady = request
@@ -101,8 +101,9 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
                 ready ? "worker wrote a line with no request in flight; replacing it"
                     : "worker wrote something other than {\"ready\":true} first; replacing it",
                 metadata: ["function": "\(function.name)", "pid": "\(process.pid)"])
+            let hadRequest = waitingForReady != nil
             failStart(WorkerError(.protocolViolation, "\(function.name): the worker did not start with {\"ready\":true}"))
-            return retire(.kill)
+            return retire(.kill, outcome: hadRequest ? .failed : nil)
         }
         current = nil
         cancelDeadline()
@@ -111,12 +112,12 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
             pool.logger.warning(
                 "replacing worker: \(error.detail)", metadata: ["function": "\(function.name)", "pid": "\(process.pid)"])
             if truncated { pool.note(.recycle, of: function) }
-            retire(.kill)
+            retire(.kill, outcome: .failed)
         } else if function.manifest.maxRequests > 0 && process.served >= function.manifest.maxRequests {
             pool.note(.recycle, of: function)
-            retire(.closeStdin)
+            retire(.closeStdin, outcome: .succeeded)
         } else {
-            becomeIdle()
+            becomeIdle(answered: true)
         }
         pool.deliver(answer, to: request, lineBytes: line.count)
     }
@@ -130,14 +131,15 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
             waitingForReady = nil
             send(request)
         } else {
-            becomeIdle()
+            becomeIdle(answered: false)
         }
     }
 
-    private func becomeIdle() {
+    /// Ready for a request: after answering one (`answered`), or once started.
+    private func becomeIdle(answered: Bool) {
         process.state = .idle
         process.openDoor()
-        pool.workerFinished(id, of: function)
+        pool.workerFinished(id, of: function, answered: answered)
     }
 
     private func initTimedOut() {
@@ -146,9 +148,10 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         pool.logger.warning(
             "worker did not print {\"ready\":true} within init_timeout_ms; killing it",
             metadata: ["function": "\(function.name)", "pid": "\(process.pid)"])
+        let hadRequest = waitingForReady != nil
         failStart(
             WorkerError(.crashed, "\(function.name): not ready within \(function.manifest.initTimeoutMs) ms (init_timeout_ms)"))
-        retire(.kill, crashed: true)
+        retire(.kill, crashed: true, outcome: hadRequest ? .failed : nil)
     }
 
     private func failStart(_ error: WorkerError) {
@@ -162,7 +165,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         guard let request = current else { return }
         current = nil
         pool.note(.timeout, of: function)
-        retire(.terminate)
+        retire(.terminate, outcome: .failed)
         request.finish(.failure(.timedOut(function, pid: process.pid)))
     }
 
@@ -183,6 +186,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         pool.io.reaped(process)
         let stopping = pool.io.stopping
         let request = current ?? waitingForReady
+        let answered = process.served - (current == nil ? 0 : 1)
         current = nil
         waitingForReady = nil
         let forMemory = process.killedForMemory
@@ -194,7 +198,11 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         if forMemory { pool.note(.recycle, of: function) }
         let wasRetired = retired
         retired = true
-        if !wasRetired || crashed { pool.workerRetired(id, of: function, crashed: crashed) }
+        if !wasRetired || crashed {
+            pool.workerRetired(
+                id, of: function, crashed: crashed, beforeServing: answered == 0,
+                outcome: request != nil && !cleanExitAfterServing && !stopping ? .failed : nil)
+        }
         guard let request else { return }
         if cleanExitAfterServing && !stopping {
             var again = request
@@ -227,7 +235,9 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
     private var retiredOnPurpose = false
 
     /// Takes the worker out of its pool, once, and ends it.
-    private func retire(_ ending: Ending, crashed: Bool = false) {
+    private func retire(
+        _ ending: Ending, crashed: Bool = false, outcome: PoolStateMachine<PendingRequest>.Outcome? = nil
+    ) {
         process.closeDoor()
         process.state = .stopping
         switch ending {
@@ -246,7 +256,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         }
         guard !retired else { return }
         retired = true
-        pool.workerRetired(id, of: function, crashed: crashed)
+        pool.workerRetired(id, of: function, crashed: crashed, outcome: outcome)
     }
 
     private func cancelDeadline() {

@@ -248,22 +248,33 @@ public final class WorkerPool: Sendable {
         perform(action, for: target)
     }
 
-    /// A warm worker answered, or started and is ready, and may take the next request.
-    func workerFinished(_ worker: Int, of function: FunctionDefinition) {
+    /// A warm worker answered (`answered`), or started and is ready, and may take the next request.
+    func workerFinished(_ worker: Int, of function: FunctionDefinition, answered: Bool) {
         let key = PoolKey(function)
         let now = Self.nowMs()
-        perform(pools.withLock { $0.byKey[key]?.machine.workerFinished(worker, now: now) ?? .none }, for: function)
+        perform(
+            pools.withLock { $0.byKey[key]?.machine.workerFinished(worker, answered: answered, now: now) ?? .none },
+            for: function)
     }
 
-    /// A worker is gone or going; its slot is free. A crash counts towards backoff and the crash loop.
-    func workerRetired(_ worker: Int, of function: FunctionDefinition, crashed: Bool = false) {
+    /// A worker is gone or going; its slot is free. `outcome` is how the request it had ended, if it had one. A
+    /// crash before it served anything counts towards backoff and the crash loop; one after is only replaced.
+    func workerRetired(
+        _ worker: Int, of function: FunctionDefinition, crashed: Bool = false, beforeServing: Bool = true,
+        outcome: PoolStateMachine<PendingRequest>.Outcome? = nil
+    ) {
         let key = PoolKey(function)
         let now = Self.nowMs()
         if crashed {
-            logger.warning("worker crashed", metadata: ["function": "\(function.name)"])
+            logger.warning(
+                beforeServing ? "worker crashed before serving a request" : "worker crashed after serving; replacing it",
+                metadata: ["function": "\(function.name)"])
             Self.count("statefn_worker_crashes_total", function)
         }
-        let actions = pools.withLock { $0.byKey[key]?.machine.workerRetired(worker, crashed: crashed, now: now) ?? [] }
+        let actions = pools.withLock {
+            $0.byKey[key]?.machine.workerRetired(
+                worker, crashed: crashed, beforeServing: beforeServing, outcome: outcome, now: now) ?? []
+        }
         for action in actions { perform(action, for: function) }
     }
 
@@ -330,12 +341,11 @@ public final class WorkerPool: Sendable {
                 retryAfterSeconds: 1)
         case .shuttingDown:
             WorkerError(.shuttingDown, "the worker pool is stopping")
-        case .unhealthy(let retryAfterMs):
+        case .unhealthy(let retryAfterMs, let cause):
             WorkerError(
                 .unhealthy,
-                "\(function.name): crashed \(CrashPolicy.loopCrashes) times within "
-                    + "\(CrashPolicy.loopWindowMs / 1000) s; refused until its files "
-                    + "change or the cool-down ends", retryAfterSeconds: max(1, (retryAfterMs + 999) / 1000))
+                "\(function.name): \(cause.text); refused until its files change or the cool-down ends",
+                retryAfterSeconds: max(1, (retryAfterMs + 999) / 1000))
         }
     }
 
@@ -453,7 +463,7 @@ public final class WorkerPool: Sendable {
         case .failure(let error):
             logger.error("cannot start worker: \(error.detail)", metadata: ["function": "\(function.name)"])
             request?.finish(.failure(error))
-            workerRetired(worker, of: function, crashed: !io.stopping)
+            workerRetired(worker, of: function, crashed: !io.stopping, outcome: request.map { _ in .failed })
             io.spawnSettled()
             return
         case .success(let success):
@@ -557,6 +567,17 @@ func checkAnswer(_ parsed: Result<JSONValue, WorkerError>, to requestID: String)
         return .failure(WorkerError(.protocolViolation, "answered \(id) to request \"\(requestID)\""))
     }
     return .success(answer)
+}
+
+extension PoolStateMachine.Unhealthy {
+    var text: String {
+        switch self {
+        case .startupCrashes:
+            "\(CrashPolicy.loopCrashes) workers crashed before serving within \(CrashPolicy.loopWindowMs / 1000) s"
+        case .failingRequests(let failed, let total):
+            "\(failed) of its last \(total) requests failed (crashed, timed out or answered wrongly)"
+        }
+    }
 }
 
 extension WorkerError {

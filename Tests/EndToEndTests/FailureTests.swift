@@ -9,6 +9,26 @@ import Testing
 struct FailureTests {
     static let fixtures = GatewayProcess.repositoryRoot + "/Tests/EndToEndTests/Fixtures/functions"
 
+    @Test("a function whose workers crash on 2% of calls keeps at least 90% of 1,200 calls at 8 clients succeeding")
+    func aTwoPercentCrashRateIsNotAnOutage() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let gateway = try await onThread {
+            try GatewayProcess(arguments: ["--functions", Self.fixtures], environment: ["DATABASE_URL": database])
+        }
+        defer { gateway.stop() }
+        let statuses = try await onThreads(8) { client in
+            let http = gateway.client()
+            return try (0..<150).map { _ in try http.request("POST", "/v1/flaky/e\(client)/hit", body: "{}").status }
+        }.flatMap { $0 }
+        let counts = Dictionary(grouping: statuses) { $0 }.mapValues(\.count)
+        let succeeded = counts[200] ?? 0
+        print("2% crash rate at 8 clients: \(counts.sorted { $0.key < $1.key })")
+        #expect(statuses.count == 1_200)
+        #expect(succeeded >= 1_080, "\(succeeded) of 1,200 succeeded: \(counts)")
+        #expect(counts[503] == nil, "the function was declared unhealthy: \(counts)")
+        #expect(gateway.logs.contains { $0.contains("worker crashed after serving; replacing it") })
+    }
+
     @Test("crashing, lying and slow workers, and bad requests, leave the state unchanged")
     func misbehavingWorkersAndBadInput() async throws {
         let database = try await TestDatabase.createDatabase()

@@ -28,7 +28,9 @@ struct IsolationTests {
     }
 
     /// Every attack is refused, and what a function needs (its HOME, the system's files) still works.
-    static func expectConfined(_ report: [String: String], gateway: GatewayProcess, data: String, mode: String) {
+    static func expectConfined(
+        _ report: [String: String], gateway: GatewayProcess, data: String, mode: String, gatewayIsRoot: Bool = true
+    ) {
         let confined = [
             "gateway_environ", "gateway_memory", "signal_gateway", "dev_key", "list_data_dir", "database_password",
             "write_functions", "change_manifest", "change_own_code",
@@ -43,7 +45,7 @@ struct IsolationTests {
         #expect(report["write_home"]?.hasPrefix("allowed") == true, "\(mode): its HOME is its own: \(report)")
         let home = report["home"] ?? ""
         #expect(home.hasPrefix(data + "/scratch/") && !home.hasPrefix(fixtures), "\(mode): HOME is \(home)")
-        if getuid() == 0 {
+        if gatewayIsRoot {
             #expect(report["uid"] != "0", "\(mode): a worker must not run as root")
             #expect(
                 gateway.logs.contains { $0.contains("workers run as the account statefn-worker") },
@@ -108,6 +110,36 @@ struct IsolationTests {
             let forkChild = try Self.escapedChild(gateway, "hostile-fork")
             #expect(Self.disappears(forkChild, within: 5), "the fork run's escaped child \(forkChild) outlived it")
             #expect(gateway.logs.contains { $0.contains("killing a process a worker left behind") })
+        }
+    }
+
+    @Test("not as root, workers keep the gateway's account and every other layer, and the start-up log says so")
+    func hostileFunctionUnderAnUnprivilegedGateway() async throws {
+        try #require(getuid() == 0, "needs root to start the gateway as another account")
+        let data = TestDatabase.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let nobody: (uid: uid_t, gid: gid_t) = (65534, 65534)
+        chown(data, nobody.uid, nobody.gid)
+        try await onThread {
+            let gateway = try GatewayProcess(
+                arguments: ["--functions", Self.fixtures, "--data-dir", data], runAs: nobody)
+            defer { gateway.stop() }
+            #expect(gateway.logs.contains { $0.contains("statefn is not running as root") })
+            for function in ["hostile", "hostile-fork"] {
+                let report = try Self.probe(
+                    gateway, function, data: data, password: data + "/pg-password",
+                    socket: data + "/pg/sock/.s.PGSQL.5432")
+                #expect(report["uid"] == "65534", "\(report)")
+                // The same account: only Landlock keeps the worker out of the data directory and the gateway's
+                // signals; without it, those two are the gateway's account's to give.
+                if gateway.logs.contains(where: { $0.contains("Landlock confines workers") }) {
+                    Self.expectConfined(report, gateway: gateway, data: data, mode: function + " as nobody", gatewayIsRoot: false)
+                } else {
+                    for attack in ["gateway_environ", "gateway_memory", "database_login", "write_functions"] {
+                        #expect(report[attack]?.hasPrefix("denied") == true, "\(attack): \(report)")
+                    }
+                }
+            }
         }
     }
 

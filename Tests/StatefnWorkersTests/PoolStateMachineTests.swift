@@ -144,12 +144,12 @@ import Testing
         }
         _ = pool.request("waiting", now: now)
         let refused = pool.workerRetired(first, crashed: true, now: now)
-        guard case .reject("waiting", .unhealthy(let retryAfter))? = refused.first else {
+        guard case .reject("waiting", .unhealthy(let retryAfter, _))? = refused.first else {
             Issue.record("the waiting request is refused: \(refused)")
             return
         }
         #expect(retryAfter == CrashPolicy.coolDownMs)
-        guard case .reject("x", .unhealthy(let later)) = pool.request("x", now: now + 1_000) else {
+        guard case .reject("x", .unhealthy(let later, _)) = pool.request("x", now: now + 1_000) else {
             Issue.record("expected unhealthy")
             return
         }
@@ -157,6 +157,69 @@ import Testing
         #expect(pool.statistics.crashes == CrashPolicy.loopCrashes)
         // After the cool-down it tries again at once.
         #expect(spawned(pool.request("y", now: now + CrashPolicy.coolDownMs), for: "y") != nil)
+    }
+
+    @Test func aWorkerThatServedAndThenCrashedIsReplacedAtOnceAndNeverTripsTheBreaker() throws {
+        var pool = Machine(Limits(maxWorkers: 1, maxQueue: 10))
+        var now = 0
+        var worker = try #require(spawned(pool.request("r0", now: now), for: "r0"))
+        _ = pool.workerFinished(worker, now: now)
+        // Crashing on its 50th request, again and again: 2% of requests fail, and each replacement is at once.
+        for round in 1...40 {
+            for served in 1..<50 {
+                now += 1
+                guard case .run = pool.request("r\(round).\(served)", now: now) else {
+                    Issue.record("round \(round): refused at request \(served)")
+                    return
+                }
+                _ = pool.workerFinished(worker, now: now)
+            }
+            _ = pool.request("crash\(round)", now: now)
+            _ = pool.request("next\(round)", now: now)
+            let actions = pool.workerRetired(worker, crashed: true, beforeServing: false, outcome: .failed, now: now)
+            worker = try #require(spawned(actions.first, for: "next\(round)"), "replaced at once: \(actions)")
+            _ = pool.workerFinished(worker, now: now)
+        }
+        #expect(pool.unhealthyUntil == nil)
+        #expect(pool.statistics.crashes == 40)
+    }
+
+    @Test func mostRecentRequestsFailingTripsTheBreaker() throws {
+        var pool = Machine(Limits(maxWorkers: 4, maxQueue: 10))
+        var now = 0
+        var worker = try #require(spawned(pool.request("a", now: now), for: "a"))
+        _ = pool.workerFinished(worker, now: now)
+        // Every other request fails: a majority is not reached, so it keeps serving.
+        for index in 0..<20 {
+            now += 10
+            guard case .run(_, let on) = pool.request("h\(index)", now: now) else {
+                Issue.record("refused at \(index)")
+                return
+            }
+            worker = on
+            if index % 2 == 0 {
+                _ = pool.workerFinished(worker, now: now)
+            } else {
+                let actions = pool.workerRetired(worker, crashed: true, beforeServing: false, outcome: .failed, now: now)
+                #expect(actions.isEmpty)
+                worker = try #require(spawned(pool.request("respawn\(index)", now: now), for: "respawn\(index)"))
+                _ = pool.workerFinished(worker, now: now)
+            }
+        }
+        #expect(pool.unhealthyUntil == nil, "half failing is not most")
+        // Then most fail (timeouts, say, on a worker that stays): refused, and the reason says so.
+        for index in 0..<8 { _ = pool.requestEnded(.failed, now: now + index) }
+        let until = try #require(pool.unhealthyUntil)
+        #expect((now + CrashPolicy.coolDownMs...now + 7 + CrashPolicy.coolDownMs).contains(until))
+        guard case .reject("z", .unhealthy(_, .failingRequests(let failed, let total))) = pool.request("z", now: now + 8)
+        else {
+            Issue.record("expected a refusal")
+            return
+        }
+        #expect(failed > total / 2 && total == CrashPolicy.outcomeWindow, "\(failed) of \(total)")
+        // After the cool-down it serves again, with a clean slate.
+        if case .reject = pool.request("after", now: until) { Issue.record("refused after the cool-down") }
+        #expect(pool.unhealthyUntil == nil)
     }
 
     @Test func aGoodAnswerResetsTheBackoff() throws {
