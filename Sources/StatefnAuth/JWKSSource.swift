@@ -85,13 +85,18 @@ struct JWKSSource: Sendable {
         }
     }
 
-    /// No cache, on disk or in memory (a rotated key must be seen at the next fetch), and no redirect to where the
-    /// keys may not come from (an https URL redirected to plain http).
+    /// The most a JWKS or discovery document may be.
+    static let maxDocumentBytes = 1 << 20
+
+    /// No cache, on disk or in memory (a rotated key must be seen at the next fetch), no redirect to where the
+    /// keys may not come from (an https URL redirected to plain http), and a body read piece by piece, so that
+    /// one over `maxDocumentBytes` is cut off as it arrives rather than downloaded whole.
+    private static let fetches = CappedFetches(limit: maxDocumentBytes)
     private static let session: URLSession = {
         let configuration = URLSessionConfiguration.ephemeral
         configuration.urlCache = nil
         configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
-        return URLSession(configuration: configuration, delegate: RedirectGuard(), delegateQueue: nil)
+        return URLSession(configuration: configuration, delegate: fetches, delegateQueue: nil)
     }()
 
     private func get(_ address: String) async throws -> [UInt8] {
@@ -100,18 +105,74 @@ struct JWKSSource: Sendable {
         guard let url = URL(string: address) else { throw JWKSError("not a URL: \(address)") }
         var request = URLRequest(url: url, timeoutInterval: timeoutSeconds)
         request.setValue("application/json", forHTTPHeaderField: "Accept")
-        let (data, response) = try await Self.session.data(for: request)
-        guard let status = (response as? HTTPURLResponse)?.statusCode, status == 200 else {
-            let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-            throw JWKSError("GET \(address) answered \(status)")
-        }
-        guard data.count <= 1 << 20 else { throw JWKSError("GET \(address): the document is over 1 MiB") }
-        return Array(data)
+        let (status, body) = try await Self.fetches.fetch(request, on: Self.session)
+        guard let body else { throw JWKSError("GET \(address): the document is over 1 MiB") }
+        guard status == 200 else { throw JWKSError("GET \(address) answered \(status)") }
+        return body
     }
 }
 
-/// Follows a redirect only to a URL the keys may come from (`JWKSLocation.fetchProblem`).
-private final class RedirectGuard: NSObject, URLSessionTaskDelegate, Sendable {
+/// The session's delegate: each fetch's body, collected as it arrives and cut off past `limit`; and redirects
+/// followed only to a URL the keys may come from (`JWKSLocation.fetchProblem`).
+private final class CappedFetches: NSObject, URLSessionDataDelegate, @unchecked Sendable {  // `lock` guards `pending`
+    private struct Pending {
+        var continuation: CheckedContinuation<(status: Int, body: [UInt8]?), any Error>
+        var status = 0
+        var body: [UInt8] = []
+    }
+
+    private let limit: Int
+    private let lock = NSLock()
+    private var pending: [Int: Pending] = [:]
+
+    init(limit: Int) { self.limit = limit }
+
+    /// The status and body of `request`; a nil body was over the limit, and the transfer was stopped there.
+    func fetch(_ request: URLRequest, on session: URLSession) async throws -> (status: Int, body: [UInt8]?) {
+        try await withCheckedThrowingContinuation { continuation in
+            let task = session.dataTask(with: request)
+            lock.withLock { pending[task.taskIdentifier] = Pending(continuation: continuation) }
+            task.resume()
+        }
+    }
+
+    private func finish(_ task: URLSessionTask, _ result: Result<(status: Int, body: [UInt8]?), any Error>) {
+        guard let entry = lock.withLock({ pending.removeValue(forKey: task.taskIdentifier) }) else { return }
+        entry.continuation.resume(with: result)
+    }
+
+    func urlSession(
+        _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
+        completionHandler: @escaping @Sendable (URLSession.ResponseDisposition) -> Void
+    ) {
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        lock.withLock { pending[dataTask.taskIdentifier]?.status = status }
+        if response.expectedContentLength > Int64(limit) {
+            finish(dataTask, .success((status, nil)))
+            return completionHandler(.cancel)
+        }
+        completionHandler(.allow)
+    }
+
+    func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
+        let over = lock.withLock { () -> Int? in
+            guard var entry = pending[dataTask.taskIdentifier] else { return nil }
+            entry.body += data
+            pending[dataTask.taskIdentifier] = entry
+            return entry.body.count > limit ? entry.status : nil
+        }
+        guard let status = over else { return }
+        finish(dataTask, .success((status, nil)))
+        dataTask.cancel()
+    }
+
+    func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: (any Error)?) {
+        if let error { return finish(task, .failure(error)) }
+        let collected = lock.withLock { pending[task.taskIdentifier].map { ($0.status, $0.body) } }
+        guard let (status, body) = collected else { return }
+        finish(task, .success((status, body)))
+    }
+
     func urlSession(
         _ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
         newRequest request: URLRequest, completionHandler: @escaping @Sendable (URLRequest?) -> Void

@@ -252,6 +252,10 @@ public struct ServeConfiguration: Sendable {
     public var database: DatabaseSettings
     public var auth: AuthSettings
     public var maxBodyBytes: Int
+    /// A request head must arrive whole within this long (slow clients); zero turns it off.
+    public var headerTimeout: Duration
+    /// Connections one client address may hold at once; 0 for no limit.
+    public var maxConnectionsPerAddress: Int
     public var httpThreads: Int
     public var gracePeriod: Duration
     public var commits: CommitterConfiguration
@@ -286,6 +290,9 @@ public struct ServeConfiguration: Sendable {
         auth = try AuthSettings(settings, listen: listen)
         maxBodyBytes = try settings.integer("max-body-bytes", default: 1 << 20, in: 1...(1 << 30))
         httpThreads = try settings.integer("http-threads", default: 4, in: 1...256)
+        headerTimeout = try settings.duration(
+            "header-timeout", default: .seconds(30), from: .zero, to: .seconds(3600), bareUnit: .seconds(1))
+        maxConnectionsPerAddress = try settings.integer("max-connections-per-address", default: 256, in: 0...100_000)
         gracePeriod = try settings.duration(
             "grace-period", default: .seconds(10), from: .zero, to: .seconds(3600), bareUnit: .seconds(1))
 

@@ -30,7 +30,20 @@ func requestCompleted(
     guard let cls, let contextSlot, let context = contextSlot.pointee else { return }
     contextSlot.pointee = nil
     Unmanaged<RequestContext>.fromOpaque(context).release()
-    Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue().finish()
+    let core = Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue()
+    if let connection { core.deadlines.requestEnded(on: connection) }
+    core.finish()
+}
+
+/// A connection opened or closed: the header timeout's bookkeeping (`ConnectionDeadlines`).
+func connectionNotified(
+    cls: UnsafeMutableRawPointer?, connection: OpaquePointer?, socketContext: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+    code: MHD_ConnectionNotificationCode
+) {
+    guard let cls, let connection else { return }
+    let deadlines = Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue().deadlines
+    // MHD_CONNECTION_NOTIFY_STARTED is 0, CLOSED 1 (Swift sees the enum without case names).
+    if code.rawValue == 0 { deadlines.opened(connection) } else { deadlines.closed(connection) }
 }
 
 /// libmicrohttpd's own error messages, mostly about peers that misbehave.

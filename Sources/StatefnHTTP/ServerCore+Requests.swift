@@ -7,6 +7,7 @@ extension ServerCore {
     /// The first call for a request: headers are in, no body has been read.
     func begin(connection: OpaquePointer, method: UnsafePointer<CChar>, path: UnsafePointer<CChar>) -> RequestContext {
         activeRequests.add(1, ordering: .relaxed)
+        deadlines.headArrived(on: connection)
         let headers = collectValues(of: connection, kind: .HEADER_KIND, iterator: collectHeader)
         return RequestContext(
             connection: connection, method: String(cString: method), path: String(cString: path), headers: headers,
@@ -21,14 +22,27 @@ extension ServerCore {
         }
     }
 
-    /// Refuses a body whose declared length is over the limit before reading any of it; libmicrohttpd then closes
-    /// the connection after the response, since the body was not read.
+    /// Refuses a body whose declared length is over the limit. A client waiting for `100 Continue` gets the 413
+    /// at once and never sends the body. One that sends it anyway (Python's http.client, Go, Node) would find the
+    /// socket closed under its send and read a reset, not the answer: its body is read and dropped, up to
+    /// `discardBytes`, and then it gets the 413, as nginx's lingering close lets it. Past that bound it is answered
+    /// at once, and libmicrohttpd closes the connection with the body unread.
     func checkDeclaredLength(of context: RequestContext) -> MHD_Result {
         guard let declared = context.headers.first(where: { $0.name == "content-length" }).flatMap({ Int($0.value) })
         else { return .YES }
         if declared > configuration.maxBodyBytes {
-            context.phase = .answered
-            return queue(bodyTooLarge(context), for: context)
+            let waitsForContinue = context.headers.contains {
+                $0.name == "expect" && $0.value.lowercased() == "100-continue"
+            }
+            if waitsForContinue || declared > configuration.discardBytes {
+                context.phase = .answered
+                return queue(bodyTooLarge(context), for: context)
+            }
+            logger.notice(
+                "request body over the limit; reading and dropping it to answer 413",
+                metadata: ["declared_bytes": "\(declared)", "request_id": "\(context.requestID)"])
+            context.phase = .overLimit
+            return .YES
         }
         // Capped, so that clients declaring large bodies and sending them slowly cannot pin memory up front.
         context.body.reserveCapacity(min(declared, 64 << 10))
@@ -48,8 +62,11 @@ extension ServerCore {
                 // 413 goes out at the end.
                 context.phase = .overLimit
                 context.body = []
-            case .overLimit where context.received > 2 * configuration.maxBodyBytes:
+            case .overLimit where context.received > configuration.discardBytes:
                 // A body that keeps coming is cut off rather than read forever.
+                logger.notice(
+                    "request body still coming past the discard bound; closing the connection",
+                    metadata: ["bytes": "\(context.received)", "request_id": "\(context.requestID)"])
                 return .NO
             default:
                 break
@@ -76,9 +93,19 @@ extension ServerCore {
     /// waiting is answered at once; otherwise the connection is suspended and the handler's Task resumes it with the
     /// response. Running the start inline saves a thread wake-up per request.
     private func dispatch(_ context: RequestContext) -> MHD_Result {
+        // Collected only up to one past the bound: a query of thousands of parameters costs no more than that.
+        let query = collectValues(
+            of: context.connection, kind: .GET_ARGUMENT_KIND, iterator: collectQueryArgument,
+            limit: configuration.maxQueryParameters + 1)
+        guard query.count <= configuration.maxQueryParameters else {
+            context.phase = .answered
+            return queue(
+                .problem(
+                    status: 400, detail: "At most \(configuration.maxQueryParameters) query parameters are allowed.",
+                    requestID: context.requestID), for: context)
+        }
         var request = HTTPRequest(
-            method: context.method, path: context.path,
-            query: collectValues(of: context.connection, kind: .GET_ARGUMENT_KIND, iterator: collectQueryArgument),
+            method: context.method, path: context.path, query: query,
             headers: HTTPHeaders(lowercased: context.headers), body: context.body, requestID: context.requestID)
         request.clientAddress = clientAddress(of: context.connection)
         context.body = []
@@ -251,19 +278,25 @@ private func releaseStream(cls: UnsafeMutableRawPointer?) {
 
 /// Reads one kind of connection value into an array, without a retained box: the iterator writes through `cls`.
 /// Wraps MHD_get_connection_values.
-private func collectValues(
-    of connection: OpaquePointer, kind: MHD_ValueKind, iterator: MHD_KeyValueIterator
-) -> [(name: String, value: String)] {
+/// What a value iterator collects into: the values, up to `limit` of them.
+private struct CollectedValues {
     var values: [(name: String, value: String)] = []
-    withUnsafeMutablePointer(to: &values) { _ = MHD_get_connection_values(connection, kind, iterator, $0) }
-    return values
+    var limit = Int.max
+}
+
+private func collectValues(
+    of connection: OpaquePointer, kind: MHD_ValueKind, iterator: MHD_KeyValueIterator, limit: Int = .max
+) -> [(name: String, value: String)] {
+    var collected = CollectedValues(limit: limit)
+    withUnsafeMutablePointer(to: &collected) { _ = MHD_get_connection_values(connection, kind, iterator, $0) }
+    return collected.values
 }
 
 private func collectHeader(
     cls: UnsafeMutableRawPointer?, kind: MHD_ValueKind, key: UnsafePointer<CChar>?, value: UnsafePointer<CChar>?
 ) -> MHD_Result {
     guard let cls, let key else { return .YES }
-    cls.assumingMemoryBound(to: [(name: String, value: String)].self).pointee.append(
+    cls.assumingMemoryBound(to: CollectedValues.self).pointee.values.append(
         (name: lowercasedASCII(key), value: value.map { String(cString: $0) } ?? ""))
     return .YES
 }
@@ -272,9 +305,9 @@ private func collectQueryArgument(
     cls: UnsafeMutableRawPointer?, kind: MHD_ValueKind, key: UnsafePointer<CChar>?, value: UnsafePointer<CChar>?
 ) -> MHD_Result {
     guard let cls, let key else { return .YES }
-    cls.assumingMemoryBound(to: [(name: String, value: String)].self).pointee.append(
-        (name: percentDecoded(key), value: value.map(percentDecoded) ?? ""))
-    return .YES
+    let collected = cls.assumingMemoryBound(to: CollectedValues.self)
+    collected.pointee.values.append((name: percentDecoded(key), value: value.map(percentDecoded) ?? ""))
+    return collected.pointee.values.count < collected.pointee.limit ? .YES : .NO
 }
 
 /// A header name lower-cased in the same pass that copies it out of libmicrohttpd's buffer.

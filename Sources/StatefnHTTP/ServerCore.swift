@@ -46,12 +46,15 @@ final class ServerCore: Sendable {
     /// Threads between checking `stopping` and finishing a suspend or resume. `stop` sets `stopping`, then waits
     /// for this to reach 0, so it never stops the daemon under a connection that is being suspended or resumed.
     let changingSuspension = Atomic<Int>(0)
+    /// Request heads' deadlines, for the header timeout.
+    let deadlines: ConnectionDeadlines
 
     init(
         configuration: HTTPServerConfiguration, logger: Logger, executor: (any TaskExecutor)?,
         handler: @escaping HTTPHandler
     ) {
         self.configuration = configuration
+        deadlines = ConnectionDeadlines(timeoutSeconds: configuration.headerTimeoutSeconds, logger: logger)
         self.logger = logger
         self.executor = executor
         self.handler = handler
@@ -75,8 +78,10 @@ final class ServerCore: Sendable {
             guard
                 let pointer = cmhd_start_daemon(
                     flags, socket.descriptor, UInt32(max(1, configuration.threads)),
-                    UInt32(max(0, configuration.connectionTimeoutSeconds)), 4096, accessHandler, requestCompleted,
-                    logMessage, core.toOpaque())
+                    UInt32(max(0, configuration.connectionTimeoutSeconds)), 4096,
+                    UInt32(max(0, configuration.maxConnectionsPerAddress)),
+                    UInt32(configuration.maxQueryParameters + 1), accessHandler, requestCompleted,
+                    connectionNotified, logMessage, core.toOpaque())
             else {
                 core.release()
                 close(socket.descriptor)

@@ -59,6 +59,20 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "A request's head (request line and headers) must arrive whole within this long of the connection"
+                + " opening or the previous request ending, or the connection is closed; 0 turns it off"
+                + " (env STATEFN_HEADER_TIMEOUT; default 30s).", valueName: "duration"))
+    var headerTimeout: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "At most this many connections from one client address at a time; 0 for no limit, as behind a proxy whose"
+                + " connections all come from one address (env STATEFN_MAX_CONNECTIONS_PER_ADDRESS; default 256).",
+            valueName: "count"))
+    var maxConnectionsPerAddress: String?
+
+    @Option(
+        help: ArgumentHelp(
             "As root, run workers as this unprivileged account, created on first start if missing; as any other"
                 + " user workers run as that user (env STATEFN_WORKER_USER; default statefn-worker).",
             valueName: "name"))
@@ -165,7 +179,8 @@ struct Serve: AsyncParsableCommand {
     /// The flags given, by name, for the configuration to read beside the environment.
     private var flags: [String: String?] {
         var flags: [String: String?] = [
-            "listen": listen, "functions": functions, "worker-user": workerUser, "max-body-bytes": maxBodyBytes, "http-threads": httpThreads,
+            "listen": listen, "functions": functions, "worker-user": workerUser, "header-timeout": headerTimeout,
+            "max-connections-per-address": maxConnectionsPerAddress, "max-body-bytes": maxBodyBytes, "http-threads": httpThreads,
             "grace-period": gracePeriod, "conflict-budget": conflictBudget, "cache-bytes": cacheBytes,
             "idempotency-ttl": idempotencyTtl, "idempotency-wait": idempotencyWait, "outbox-poll": outboxPoll,
             "outbox-max-attempts": outboxMaxAttempts, "outbox-lease": outboxLease, "feed-poll": feedPoll,
@@ -250,7 +265,10 @@ struct Serve: AsyncParsableCommand {
         let server = HTTPServer(
             configuration: HTTPServerConfiguration(
                 host: configuration.listen.host, port: configuration.listen.port, threads: configuration.httpThreads,
-                maxBodyBytes: configuration.maxBodyBytes),
+                maxBodyBytes: configuration.maxBodyBytes,
+                headerTimeoutSeconds: Int(configuration.headerTimeout.components.seconds)
+                    + (configuration.headerTimeout.components.attoseconds > 0 ? 1 : 0),
+                maxConnectionsPerAddress: configuration.maxConnectionsPerAddress),
             logger: logger, executor: workers.answerExecutor, handler: { await gateway.handle($0) })
         do {
             try server.start()

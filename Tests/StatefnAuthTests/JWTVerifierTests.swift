@@ -202,6 +202,56 @@ struct JWTVerifierTests {
         #expect(try await verifier.verify(newToken).subject == "alice")
     }
 
+    /// A JWKS endpoint that sends without end (or lies about its size) costs the gateway 1 MiB, not a download:
+    /// the body is cut off as it arrives past the cap, declared length or not.
+    @Test("a JWKS document over 1 MiB is cut off while it downloads")
+    func oversizeDocumentIsCutOffWhileReading() async throws {
+        final class Count: Sendable { let value = Atomic(0) }
+        let written = Count()
+        let server = HTTPServer(
+            configuration: HTTPServerConfiguration(host: "127.0.0.1", port: 0), logger: Self.logger,
+            handler: { request in
+                if request.path == "/declared" {
+                    return HTTPResponse(status: 200, body: Array(repeating: UInt8(ascii: " "), count: (1 << 20) + 1))
+                }
+                // Chunked, no length, 64 KiB at a time, up to 256 MiB.
+                let stream = HTTPStream(bufferLimit: 1 << 20)
+                Task.detached {
+                    let chunk = [UInt8](repeating: UInt8(ascii: " "), count: 64 << 10)
+                    while stream.isOpen, written.value.load(ordering: .relaxed) < 256 << 20 {
+                        if stream.pendingBytes < 512 << 10, stream.write(chunk) {
+                            written.value.add(chunk.count, ordering: .relaxed)
+                        } else {
+                            try? await Task.sleep(for: .milliseconds(2))
+                        }
+                    }
+                    stream.finish()
+                }
+                var response = HTTPResponse(status: 200, headers: [(name: "Content-Type", value: "application/json")])
+                response.stream = stream
+                return response
+            })
+        try server.start()
+        defer { Task { await server.stop(gracePeriod: .seconds(1)) } }
+        for path in ["/endless", "/declared"] {
+            let verifier = JWTVerifier(
+                configuration: JWTConfiguration(
+                    location: .url("http://127.0.0.1:\(server.port)\(path)"),
+                    claims: JWTClaimRules(audience: "statefn", issuer: "https://id.example")),
+                logger: Self.logger)
+            let started = ContinuousClock.now
+            do {
+                try await verifier.refresh()
+                Issue.record("\(path): a document over 1 MiB was accepted")
+            } catch {
+                #expect("\(error)".contains("over 1 MiB"), "\(path): \(error)")
+            }
+            #expect(ContinuousClock.now - started < .seconds(5), "\(path): cut off, not read to its end or timeout")
+        }
+        let sent = written.value.load(ordering: .relaxed)
+        #expect(sent < 32 << 20, "only what was in flight was sent: \(sent)")
+    }
+
     @Test("a JWKS with unusable keys keeps the usable ones")
     func skipsUnusable() async throws {
         let keys = try TestKeys()
