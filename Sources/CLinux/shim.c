@@ -122,6 +122,11 @@ int clinux_limit_data(pid_t pid, unsigned long long bytes) {
     return prlimit(pid, RLIMIT_DATA, &limit, NULL);
 }
 
+int clinux_wait_exited(int status) { return WIFEXITED(status); }
+int clinux_wait_exit_status(int status) { return WEXITSTATUS(status); }
+int clinux_wait_term_signal(int status) { return WIFSIGNALED(status) ? WTERMSIG(status) : 0; }
+int clinux_wait_shell_status(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
+
 int clinux_gettid(void) { return (int)syscall(SYS_gettid); }
 
 int clinux_name_thread(const char *name) { return pthread_setname_np(pthread_self(), name); }

@@ -66,8 +66,7 @@ struct ServerCommand {
         }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        // WIFEXITED / WEXITSTATUS / WTERMSIG are macros Swift cannot see.
-        let exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let exitStatus = clinux_wait_shell_status(status)
         let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
         return Outcome(status: exitStatus, output: output.trimmingTrailingNewlines())
     }

@@ -163,10 +163,7 @@ public final class GatewayProcess: @unchecked Sendable {
         return lock.withLock { exitStatus ?? -1 }
     }
 
-    /// WIFEXITED/WEXITSTATUS are macros Swift cannot see.
-    private static func decode(_ status: Int32) -> Int32 {
-        status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-    }
+    private static func decode(_ status: Int32) -> Int32 { clinux_wait_shell_status(status) }
 }
 
 /// Lines the process wrote on stderr.

@@ -60,8 +60,8 @@ final class EventLoop: @unchecked Sendable {  // the queues, `nextToken`, `stopp
     }
 
     deinit {
-        close(epoll)
-        close(wakeup)
+        System.close(epoll)
+        System.close(wakeup)
         readBuffer.deallocate()
     }
 
@@ -175,16 +175,16 @@ final class EventLoop: @unchecked Sendable {  // the queues, `nextToken`, `stopp
         while !stopping.load(ordering: .acquiring) {
             runTasks()
             runJobs()
-            let ready = epoll_wait(epoll, &events, Int32(events.count), nextTimeout())
-            if ready < 0 {
-                precondition(errno == EINTR, "epoll_wait failed: errno \(errno)")
-                continue
+            let ready: Int32
+            switch System.retrying({ epoll_wait(epoll, &events, Int32(events.count), nextTimeout()) }) {
+            case .success(let count): ready = count
+            case .failure(let error): preconditionFailure("epoll_wait failed: \(error)")
             }
             for index in 0..<Int(ready) {
                 let token = events[index].data.u64
                 if token == 0 {
                     var count: UInt64 = 0
-                    _ = read(wakeup, &count, 8)
+                    _ = withUnsafeMutableBytes(of: &count) { System.read(wakeup, into: $0) }
                 } else {
                     if handlers[token] == nil { runAdoptions() }
                     guard let handler = handlers[token] else { continue }  // a descriptor since unwatched
@@ -251,8 +251,8 @@ final class EventLoop: @unchecked Sendable {  // the queues, `nextToken`, `stopp
     }
 
     private func wake() {
-        var one: UInt64 = 1
-        _ = write(wakeup, &one, 8)
+        let one: UInt64 = 1
+        _ = withUnsafeBytes(of: one) { System.write(wakeup, $0) }
     }
 }
 

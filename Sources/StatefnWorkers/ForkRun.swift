@@ -39,17 +39,17 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
 
     private func received(_ line: [UInt8], truncated: Bool) {
         guard let request else { return }  // Only the first line is the answer.
-        let parsed = parseLine(line, truncated: truncated, limit: process.stdoutLineLimit)
+        let parsed = WorkerProtocol.parse(line, truncated: truncated, limit: process.stdoutLineLimit)
         if !sawFirstLine {
             sawFirstLine = true
-            if isReadyLine(parsed) { return }
+            if WorkerProtocol.isReady(parsed) { return }
         }
         self.request = nil
-        let answer = checkAnswer(parsed, to: request.id)
+        let answer = WorkerProtocol.answer(parsed, to: request.id)
         outcome = .succeeded
         if case .failure = answer {
             outcome = .failed
-            process.signalGroup(SIGKILL)
+            process.tearDown(from: .kill)
         }
         pool.deliver(answer, to: request, lineBytes: line.count)
     }
@@ -58,7 +58,7 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
         deadline = nil
         timedOut = true
         if request != nil { outcome = .failed }
-        process.terminateGroup(graceMs: WorkerPool.terminationGraceMs)
+        process.tearDown(from: .terminate)
         guard let request else { return }
         self.request = nil
         pool.note(.timeout, of: function)

@@ -101,9 +101,9 @@ final class MemoryCgroups: Sendable {
     /// `cgroup.subtree_control` has `+memory` (the directory holds no process, so the kernel allows it): that is
     /// written before any worker cgroup is made. Returns what went wrong, with nothing left behind, or nil.
     static func makePoolDirectory(_ directory: String, version: Version, write: (String, String) -> Bool) -> String? {
-        guard mkdir(directory, 0o755) == 0 else { return "cannot create \(directory) (\(errorText(errno)))" }
+        guard mkdir(directory, 0o755) == 0 else { return "cannot create \(directory) (\(Errno.current))" }
         if version == .v2, !write(directory + "/cgroup.subtree_control", "+memory") {
-            let reason = errorText(errno)
+            let reason = Errno.current
             rmdir(directory)
             return "cannot enable the memory controller in \(directory)/cgroup.subtree_control (\(reason))"
         }
@@ -181,17 +181,16 @@ struct WorkerCgroup: Sendable {
     }
 }
 
-/// A whole small file, or nil if it cannot be read or is over `limit` bytes; wraps open(2) and read(2).
+/// A whole small file, or nil if it cannot be read or is over `limit` bytes.
 func readFile(_ path: String, limit: Int) -> [UInt8]? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
+    guard case .success(let fd) = System.open(path) else { return nil }
+    defer { System.close(fd) }
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 64 * 1024)
     while true {
-        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count < 0 && errno == EINTR { continue }
-        guard count >= 0 else { return nil }
+        guard case .success(let count) = chunk.withUnsafeMutableBytes({ System.read(fd, into: $0) }) else {
+            return nil
+        }
         if count == 0 { return bytes }
         bytes += chunk[..<count]
         if bytes.count > limit { return nil }
@@ -203,11 +202,12 @@ func readText(_ path: String) -> String? {
     readFile(path, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) }
 }
 
-/// Writes `text` to a cgroup control file in one write(2), as the kernel wants; false if it refused.
+/// Writes `text` to a cgroup control file in one write(2), as the kernel wants; false if it refused (errno says
+/// why).
 func writeWholeFile(_ path: String, _ text: String) -> Bool {
-    let fd = open(path, O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
+    guard case .success(let fd) = System.open(path, writing: true) else { return false }
+    defer { System.close(fd) }
     let bytes = Array(text.utf8)
-    return bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
+    guard case .success(let count) = bytes.withUnsafeBytes({ System.write(fd, $0) }) else { return false }
+    return count == bytes.count
 }

@@ -4,17 +4,6 @@
 import CLinux
 import Glibc
 
-/// How a worker process ended, decoded from its wait status.
-struct ExitStatus: CustomStringConvertible, Equatable {
-    let raw: Int32
-    var isCleanExit: Bool { raw == 0 }
-    var description: String {
-        // WIFEXITED, WEXITSTATUS and WTERMSIG are macros Swift cannot see; this is their glibc definition.
-        let signal = raw & 0x7F
-        return signal == 0 ? "exited with status \((raw >> 8) & 0xFF)" : "killed by signal \(signal)"
-    }
-}
-
 /// A freshly spawned worker: our ends of its pipes (non-blocking, close-on-exec) and its pidfd. The caller owns
 /// every descriptor and must reap the pid.
 struct SpawnedProcess {
@@ -31,19 +20,10 @@ struct SpawnedProcess {
     /// goes whole) and returns how many bytes that was; with `thenClose`, a whole line is followed by end of file.
     /// What is left, if anything, the worker's event loop writes as the pipe drains.
     mutating func writeFirstLine(_ line: [UInt8], thenClose: Bool) -> Int {
-        var written = 0
-        while written < line.count {
-            let count = line.withUnsafeBytes { write(stdin, $0.baseAddress! + written, $0.count - written) }
-            if count > 0 {
-                written += count
-            } else if count < 0 && errno == EINTR {
-                continue
-            } else {
-                break  // EAGAIN: the rest goes later. EPIPE: the event loop's write will see it too.
-            }
-        }
+        // EAGAIN: the rest goes later. EPIPE: the event loop's write will see it too.
+        let written = line.withUnsafeBytes { System.writeAll(stdin, $0).written }
         if written == line.count && thenClose {
-            close(stdin)
+            System.close(stdin)
             stdin = -1
         }
         return written
@@ -75,14 +55,15 @@ enum Spawner {
         var identity =
             prepared.flatMap { sandbox?.identity($0) } ?? clinux_worker_identity(uid: -1, gid: -1, landlock: -1)
         var opened: [Int32] = []
-        func closeOpened() { for fd in opened { close(fd) } }
+        func closeOpened() { for fd in opened { System.close(fd) } }
         func makePipe() throws(WorkerError) -> (read: Int32, write: Int32) {
-            var fds: [Int32] = [-1, -1]
-            guard clinux_pipe2(&fds, O_CLOEXEC) == 0 else {
-                throw WorkerError(.spawnFailed, "pipe2: \(errorText(errno))")
+            switch System.pipe() {
+            case .success(let pipe):
+                opened += [pipe.read, pipe.write]
+                return pipe
+            case .failure(let error):
+                throw WorkerError(.spawnFailed, "pipe2: \(error)")
             }
-            opened += fds
-            return (fds[0], fds[1])
         }
         let input: (read: Int32, write: Int32)
         let output: (read: Int32, write: Int32)
@@ -113,26 +94,18 @@ enum Spawner {
             guard pid == -ETXTBSY, pauseMs > 0 else { break }
             usleep(UInt32(pauseMs * 1000))
         }
-        close(input.read)
-        close(output.write)
-        close(errors.write)
+        for fd in [input.read, output.write, errors.write] { System.close(fd) }
         guard pid > 0 else {
-            close(input.write)
-            close(output.read)
-            close(errors.read)
-            throw WorkerError(.spawnFailed, "cannot start \(function.executable): \(errorText(-pid))")
+            for fd in [input.write, output.read, errors.read] { System.close(fd) }
+            throw WorkerError(.spawnFailed, "cannot start \(function.executable): \(Errno(code: -pid))")
         }
         // The spawn returns once the child has exec'd (CLONE_VFORK), so the limit lands before the new program can
         // have allocated much.
         let limit = function.manifest.memoryMB << 20
         let cgroup = cgroups?.confine(pid, bytes: limit)
         if cgroup == nil { _ = clinux_limit_data(pid, UInt64(limit)) }
-        // A new pipe's status flags are only its access mode, which F_SETFL leaves alone.
-        for fd in [input.write, output.read, errors.read] { _ = fcntl(fd, F_SETFL, O_NONBLOCK) }
+        for fd in [input.write, output.read, errors.read] { System.setNonBlocking(fd) }
         return SpawnedProcess(
             pid: pid, stdin: input.write, stdout: output.read, stderr: errors.read, pidfd: pidfd, cgroup: cgroup)
     }
 }
-
-/// The text for an errno value; wraps strerror(3).
-func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }

@@ -10,9 +10,6 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
         let worker: Int
     }
 
-    static let terminationGraceMs = 1_500
-    static let killGraceMs = 5_000
-
     /// Spawns under way on the spawn threads, counted from any thread: a stop closes the gate and waits for them
     /// too, so none escapes unreaped.
     struct SpawnGate {
@@ -76,7 +73,11 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
                 condemned.insert(pid)
             }
         }
-        for pid in condemned where waitpid(pid, nil, WNOHANG) != 0 { condemned.remove(pid) }
+        for pid in condemned {
+            // Reaped now, or not ours to wait for any more (ECHILD): either way it is done.
+            if case .success(nil) = System.wait(for: pid, options: WNOHANG) { continue }
+            condemned.remove(pid)
+        }
     }
 
     /// The process group and session of `pid`, from /proc/<pid>/stat (after the command name, which may hold
@@ -124,16 +125,10 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
         }
         guard !live.isEmpty || pendingSpawns > 0 else { return finishStopping() }
         if alreadyStopping { return }
-        for entry in live.values {
-            entry.process.closeStdin()
-            entry.process.signalGroup(SIGTERM)
-        }
-        stopTimer = loop.schedule(after: Self.terminationGraceMs) {
-            for entry in self.live.values { entry.process.signalGroup(SIGKILL) }
-            self.stopTimer = self.loop.schedule(after: Self.killGraceMs) {
-                self.logger.error("\(self.live.count) workers still not reaped after SIGKILL")
-                self.finishStopping()
-            }
+        for entry in live.values { entry.process.tearDown(from: .terminate) }
+        stopTimer = loop.schedule(after: Teardown.graceMs + Teardown.reapWaitMs) {
+            self.logger.error("\(self.live.count) workers still not reaped after SIGKILL")
+            self.finishStopping()
         }
     }
 

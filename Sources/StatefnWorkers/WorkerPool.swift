@@ -48,8 +48,6 @@ public final class WorkerPool: Sendable {
         case timeout, recycle
     }
 
-    /// Between SIGTERM and SIGKILL at a deadline.
-    static let terminationGraceMs = 1_000
     /// How often idle workers, backoffs, cool-downs and `min_workers` are looked at.
     static let tickMs = 100
     /// The RSS watch runs every this many ticks.
@@ -98,11 +96,7 @@ public final class WorkerPool: Sendable {
     /// Sends `request` (an object whose `"id"` is a string) to a worker of `function` and returns its answer: a JSON
     /// object whose `"id"` matched. Everything else becomes a `WorkerError`.
     public func invoke(_ function: FunctionDefinition, request: JSONValue) async throws(WorkerError) -> JSONValue {
-        guard let id = request["id"]?.stringValue else {
-            throw WorkerError(.protocolViolation, "the request to \(function.name) has no string id")
-        }
-        var line = request.encoded()
-        line.append(0x0A)
+        let (id, line) = try WorkerProtocol.requestLine(request, to: function)
         let result = await withCheckedContinuation { continuation in
             submit(PendingRequest(id: id, line: line, continuation: continuation), to: function)
         }
@@ -474,7 +468,7 @@ public final class WorkerPool: Sendable {
         io.started(process, in: key)
         if io.stopping {
             // The pool stopped while this one was starting: end it; its reaping completes the stop.
-            process.signalGroup(SIGKILL)
+            process.tearDown(from: .kill)
             request?.finish(.failure(WorkerError(.shuttingDown, "the worker pool is stopping")))
             return
         }
@@ -487,7 +481,7 @@ public final class WorkerPool: Sendable {
         case .fork:
             guard let request else {
                 // Fork pools never start ahead of demand (their min_workers is 0); end the stray process.
-                process.signalGroup(SIGKILL)
+                process.tearDown(from: .kill)
                 return
             }
             ForkRun(slot: worker, function: function, process: process, pool: self)
@@ -538,37 +532,6 @@ struct PendingRequest: Sendable {
     func finish(_ result: Result<JSONValue, WorkerError>) { continuation.resume(returning: result) }
 }
 
-/// A worker's stdout line as JSON, within `max_response_bytes` (`truncated` says the line was cut at `limit`);
-/// parsed once, then checked as the ready line (`isReadyLine`) or as an answer (`checkAnswer`).
-func parseLine(_ line: [UInt8], truncated: Bool, limit: Int) -> Result<JSONValue, WorkerError> {
-    guard !truncated else {
-        return .failure(WorkerError(.invalidResponse, "an answer line over \(limit) bytes (max_response_bytes)"))
-    }
-    do {
-        return .success(try JSONValue.parse(line, limits: .worker))
-    } catch {
-        let excerpt = String(decoding: line.prefix(200), as: UTF8.self)
-        return .failure(WorkerError(.invalidResponse, "the answer is not JSON (\(error)): \(excerpt)"))
-    }
-}
-
-/// The answer to `requestID`, by DESIGN.md section 3: a JSON object whose `"id"` is that.
-func checkAnswer(_ parsed: Result<JSONValue, WorkerError>, to requestID: String) -> Result<JSONValue, WorkerError> {
-    let answer: JSONValue
-    switch parsed {
-    case .failure(let error): return .failure(error)
-    case .success(let value): answer = value
-    }
-    guard case .object(let object) = answer else {
-        return .failure(WorkerError(.invalidResponse, "the answer is not a JSON object"))
-    }
-    guard object["id"]?.stringValue == requestID else {
-        let id = object["id"]?.encodedString() ?? "no id"
-        return .failure(WorkerError(.protocolViolation, "answered \(id) to request \"\(requestID)\""))
-    }
-    return .success(answer)
-}
-
 extension PoolStateMachine.Unhealthy {
     var text: String {
         switch self {
@@ -578,20 +541,4 @@ extension PoolStateMachine.Unhealthy {
             "\(failed) of its last \(total) requests failed (crashed, timed out or answered wrongly)"
         }
     }
-}
-
-extension WorkerError {
-    /// The deadline passed; the process group has been told to stop.
-    static func timedOut(_ function: FunctionDefinition, pid: pid_t) -> WorkerError {
-        WorkerError(
-            .timedOut,
-            "\(function.name): no answer within \(function.manifest.timeoutMs) ms; process group \(pid) terminated")
-    }
-}
-
-/// Whether a parsed stdout line (`parseLine`) is `{"ready":true}`, the optional first line of a warm worker. Fork
-/// mode skips it too, so one SDK serves both.
-func isReadyLine(_ parsed: Result<JSONValue, WorkerError>) -> Bool {
-    guard case .success(let value) = parsed else { return false }
-    return value["ready"] == .bool(true) && value["id"] == nil
 }

@@ -4,6 +4,21 @@ import Glibc
 import Logging
 import Synchronization
 
+/// Where a teardown begins (`WorkerProcess.tearDown`): each step leads to the next after `graceMs`.
+enum Teardown: Equatable {
+    /// Ask it to finish: close stdin.
+    case closeStdin
+    /// Tell it to stop: SIGTERM to the group.
+    case terminate
+    /// SIGKILL to the group, now.
+    case kill
+
+    /// Between the steps.
+    static let graceMs = 1_000
+    /// After the last step, how long a stop waits for the kernel to let the processes be reaped.
+    static let reapWaitMs = 5_000
+}
+
 /// Owns a worker's pipes and pidfd and reaps its pid; its owner (a warm worker or a fork run) sees only lines and
 /// the exit. The event loop's registrations keep it alive until it is reaped, so no process is ever forgotten.
 final class WorkerProcess: @unchecked Sendable {  // confined to the event loop thread, except `door` (its own lock)
@@ -128,8 +143,8 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         guard request.line.count <= Int(PIPE_BUF) else { return false }
         return door.withLock { door in
             guard door.stdin >= 0 else { return false }
-            let count = request.line.withUnsafeBytes { write(door.stdin, $0.baseAddress!, $0.count) }
-            guard count == request.line.count else { return false }
+            let result = request.line.withUnsafeBytes { System.write(door.stdin, $0) }
+            guard case .success(request.line.count) = result else { return false }
             door.stdin = -1
             door.sent = (request, nowMs)
             return true
@@ -150,7 +165,7 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         closeDoor()
         if let watch = stdinWatch { loop.unwatch(watch) }
         stdinWatch = nil
-        close(stdin)
+        System.close(stdin)
         stdin = -1
         unwritten = []
         written = 0
@@ -183,34 +198,43 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         logger.warning(
             "worker over memory_mb (\(resident >> 20) MiB resident); killing it",
             metadata: ["function": "\(function)", "pid": "\(pid)"])
-        signalGroup(SIGKILL)
+        tearDown(from: .kill)
         return true
     }
 
-    /// A deadline: SIGTERM to the group, so a worker can clean up, then SIGKILL after `graceMs` for whatever
-    /// is left (a worker that ignores SIGTERM, or grandchildren that do).
-    func terminateGroup(graceMs: Int) {
+    /// Ends the worker by the one teardown sequence every ending uses (warm workers, fork runs, shutdown), entered
+    /// at `step`: close stdin (a JSON-lines worker's read loop ends), and after `Teardown.graceMs` SIGTERM to the
+    /// group (it may clean up), and after as long again SIGKILL for whatever is left (a worker that ignores both,
+    /// or grandchildren that do). Each later step is skipped once the process has been reaped.
+    func tearDown(from step: Teardown) {
         guard !exited else { return }
-        signalGroup(SIGTERM)
-        _ = loop.schedule(after: graceMs) { self.signalGroup(SIGKILL) }
+        closeStdin()
+        switch step {
+        case .closeStdin:
+            _ = loop.schedule(after: Teardown.graceMs) { self.tearDown(from: .terminate) }
+        case .terminate:
+            signalGroup(SIGTERM)
+            _ = loop.schedule(after: Teardown.graceMs) { self.tearDown(from: .kill) }
+        case .kill:
+            signalGroup(SIGKILL)
+        }
     }
 
     // MARK: Events
 
     private func flushStdin() {
-        while written < unwritten.count {
-            let count = unwritten.withUnsafeBytes { write(stdin, $0.baseAddress! + written, $0.count - written) }
-            if count >= 0 {
-                written += count
-            } else if errno == EAGAIN {
-                if stdinWatch == nil {
-                    stdinWatch = loop.watch(stdin, for: EventLoop.writable) { _ in self.flushStdin() }
-                }
-                return
-            } else if errno != EINTR {
-                closeStdin()  // EPIPE: the worker closed stdin or died; stdout and its exit tell the rest.
-                return
+        let (count, stopped) = unwritten.withUnsafeBytes {
+            System.writeAll(stdin, UnsafeRawBufferPointer(rebasing: $0[written...]))
+        }
+        written += count
+        if stopped == .wouldBlock {
+            if stdinWatch == nil {
+                stdinWatch = loop.watch(stdin, for: EventLoop.writable) { _ in self.flushStdin() }
             }
+            return
+        } else if stopped != nil {
+            closeStdin()  // EPIPE: the worker closed stdin or died; stdout and its exit tell the rest.
+            return
         }
         unwritten.removeAll(keepingCapacity: true)
         written = 0
@@ -243,7 +267,7 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         guard stdout >= 0 else { return }
         if let watch = stdoutWatch { loop.unwatch(watch) }
         stdoutWatch = nil
-        close(stdout)
+        System.close(stdout)
         stdout = -1
         if let last = stdoutLines.remainder() { onLine(last, false) }
         onStdoutClosed()
@@ -253,7 +277,7 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         guard stderr >= 0 else { return }
         if let watch = stderrWatch { loop.unwatch(watch) }
         stderrWatch = nil
-        close(stderr)
+        System.close(stderr)
         stderr = -1
         if let last = stderrLines.remainder() { log(last, truncated: false) }
     }
@@ -271,8 +295,7 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
             stderrLines.append(bytes)
             while case .line(let line, let truncated) = stderrLines.next() { log(line, truncated: truncated) }
         }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let status = (try? System.wait(for: pid).get()).flatMap { $0 } ?? 0
         exited = true
         if let cgroup, cgroup.release(), !killedForMemory {
             killedForMemory = true
@@ -285,7 +308,7 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
         closeStderr()
         if let watch = pidfdWatch { loop.unwatch(watch) }
         pidfdWatch = nil
-        close(pidfd)
+        System.close(pidfd)
         pidfd = -1
         let onExit = self.onExit
         // The owners' closures capture them and they hold this process: drop the cycle now that it is over.
@@ -303,12 +326,11 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
 
     /// One read(2) into the loop's shared buffer; a read error counts as end of file.
     private func readChunk(_ fd: Int32) -> Chunk {
-        while true {
-            let count = read(fd, loop.readBuffer.baseAddress, loop.readBuffer.count)
-            if count > 0 { return .data(UnsafeRawBufferPointer(rebasing: loop.readBuffer[..<count])) }
-            if count == 0 { return .endOfFile }
-            if errno == EAGAIN { return .wouldBlock }
-            if errno != EINTR { return .endOfFile }
+        switch System.read(fd, into: loop.readBuffer) {
+        case .success(0): .endOfFile
+        case .success(let count): .data(UnsafeRawBufferPointer(rebasing: loop.readBuffer[..<count]))
+        case .failure(.wouldBlock): .wouldBlock
+        case .failure: .endOfFile
         }
     }
 

@@ -52,7 +52,7 @@ public struct WorkerSandbox: Sendable {
     public static func landlockAvailability() -> Result<Int, WorkerError> {
         let abi = clinux_landlock_abi()
         if abi >= 1 { return .success(Int(abi)) }
-        let reason = -abi == ENOSYS ? "the kernel was built without it" : -abi == EOPNOTSUPP ? "it is disabled at boot" : errorText(-abi)
+        let reason = -abi == ENOSYS ? "the kernel was built without it" : -abi == EOPNOTSUPP ? "it is disabled at boot" : "\(Errno(code: -abi))"
         return .failure(WorkerError(.spawnFailed, "Landlock is not available: \(reason)"))
     }
 
@@ -94,7 +94,7 @@ final class SandboxPreparation: Sendable {
         }
         return prepared.withLock { table in
             if let raced = table[function.name] {
-                if made.ruleset >= 0 { close(made.ruleset) }
+                if made.ruleset >= 0 { System.close(made.ruleset) }
                 return raced
             }
             table[function.name] = made
@@ -115,10 +115,10 @@ final class SandboxPreparation: Sendable {
         let owner = sandbox.account?.uid ?? getuid()
         if mkdir(path, 0o700) == 0 {
             if let account = sandbox.account, chown(path, account.uid, account.gid) != 0 {
-                throw WorkerError(.spawnFailed, "cannot give \(path) to \(account.name): \(errorText(errno))")
+                throw WorkerError(.spawnFailed, "cannot give \(path) to \(account.name): \(Errno.current)")
             }
         } else if errno != EEXIST {
-            throw WorkerError(.spawnFailed, "cannot create the scratch directory \(path): \(errorText(errno))")
+            throw WorkerError(.spawnFailed, "cannot create the scratch directory \(path): \(Errno.current)")
         }
         var info = stat()
         guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == owner else {
@@ -134,7 +134,7 @@ final class SandboxPreparation: Sendable {
         let writeC = write.map { UnsafePointer(strdup($0)) }
         defer { (readC + writeC).forEach { free(UnsafeMutablePointer(mutating: $0)) } }
         let fd = clinux_landlock_ruleset(Int32(abi), readC, Int32(readC.count), writeC, Int32(writeC.count))
-        guard fd >= 0 else { throw WorkerError(.spawnFailed, "cannot make a Landlock ruleset: \(errorText(-fd))") }
+        guard fd >= 0 else { throw WorkerError(.spawnFailed, "cannot make a Landlock ruleset: \(Errno(code: -fd))") }
         return fd
     }
 }

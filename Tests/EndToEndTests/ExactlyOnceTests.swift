@@ -318,19 +318,19 @@ struct ExactlyOnceTests {
         let database = try await TestDatabase.createDatabase()
         let gateway = try await Self.replicas(1, database: database, arguments: ["--idempotency-wait", "5s"])[0]
         let key = ["Idempotency-Key": "slow-1"]
-        async let first = Self.post(gateway, "/v1/register/s/slow", #"{"seconds":1.5}"#, headers: key)
+        async let first = Self.post(gateway, "/v1/register/s/slow", #"{"seconds":3}"#, headers: key)
         try await Self.waitUntilBusy(gateway, "register")
-        let repeated = try await Self.post(gateway, "/v1/register/s/slow", #"{"seconds":1.5}"#, headers: key)
+        let repeated = try await Self.post(gateway, "/v1/register/s/slow", #"{"seconds":3}"#, headers: key)
         let original = try await first
         #expect(original.status == 200 && original.text == #"{"n":1}"#)
         #expect(repeated.status == 200 && repeated.text == #"{"n":1}"# && repeated.headers["idempotent-replayed"] == "true")
         #expect(gateway.stop() == 0)
 
         let impatient = try await Self.replicas(1, database: database, arguments: ["--idempotency-wait", "200ms"])[0]
-        async let second = Self.post(impatient, "/v1/register/s/slow", #"{"seconds":2}"#, headers: ["Idempotency-Key": "slow-2"])
+        async let second = Self.post(impatient, "/v1/register/s/slow", #"{"seconds":4}"#, headers: ["Idempotency-Key": "slow-2"])
         try await Self.waitUntilBusy(impatient, "register")
         let refused = try await Self.post(
-            impatient, "/v1/register/s/slow", #"{"seconds":2}"#, headers: ["Idempotency-Key": "slow-2"])
+            impatient, "/v1/register/s/slow", #"{"seconds":4}"#, headers: ["Idempotency-Key": "slow-2"])
         #expect(refused.status == 409 && refused.headers["retry-after"] != nil)
         #expect(try await second.text == #"{"n":2}"#)
         #expect(impatient.stop() == 0)
@@ -448,7 +448,8 @@ struct ExactlyOnceTests {
     func graceRunsOut() async throws {
         let database = try await TestDatabase.createDatabase()
         let gateway = try await Self.replicas(1, database: database, arguments: ["--grace-period", "1"])[0]
-        async let slow = Self.post(gateway, "/v1/register/g/slow", #"{"seconds":2.5}"#)
+        // Long enough that the grace (1 s) runs out before it answers, however loaded the machine that runs the test.
+        async let slow = Self.post(gateway, "/v1/register/g/slow", #"{"seconds":6}"#)
         try await Self.waitUntilBusy(gateway, "register")
         let stopped = try await onThread { gateway.stop() }
         let response = try await slow

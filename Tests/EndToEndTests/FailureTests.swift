@@ -46,6 +46,39 @@ struct FailureTests {
         #expect(gateway.logs.contains { $0.contains("reading and dropping it to answer 413") })
     }
 
+    /// The state cache is bounded in bytes (--cache-bytes, 64 MiB by default), not only in entries: 300 states of
+    /// 900 KB, written and read back, do not take the gateway's memory with them.
+    @Test("300 entities of 900 KB leave the gateway's resident set under 150 MB")
+    func largeStatesDoNotPileUpInMemory() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let gateway = try await onThread {
+            try GatewayProcess(arguments: ["--functions", Self.fixtures], environment: ["DATABASE_URL": database])
+        }
+        defer { gateway.stop() }
+        func residentMB() throws -> Int {
+            let status = try String(contentsOfFile: "/proc/\(gateway.pid)/status", encoding: .utf8)
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+        }
+        let before = try residentMB()
+        let body = #"{"blob":""# + String(repeating: "x", count: 900_000) + #""}"#
+        // One client: the same 300 states, without taking both cores from the tests that run beside this one.
+        let statuses = try await onThreads(1) { client in
+            let http = gateway.client()
+            return try (0..<300).flatMap { index -> [Int] in
+                let entity = "big-\(client)-\(index)"
+                return [
+                    try http.request("POST", "/v1/blob/\(entity)/put", body: body).status,
+                    try http.request("GET", "/v1/blob/\(entity)/size").status,
+                ]
+            }
+        }.flatMap { $0 }
+        #expect(statuses.allSatisfy { $0 == 200 }, "\(Dictionary(grouping: statuses) { $0 }.mapValues(\.count))")
+        let after = try residentMB()
+        print("gateway resident set: \(before) MB before, \(after) MB after 300 entities of 900 KB")
+        #expect(after < 150, "the gateway holds \(after) MB after 300 entities of 900 KB")
+    }
+
     @Test("a function whose workers crash on 2% of calls keeps at least 90% of 1,200 calls at 8 clients succeeding")
     func aTwoPercentCrashRateIsNotAnOutage() async throws {
         let database = try await TestDatabase.createDatabase()

@@ -117,7 +117,7 @@ import Testing
     /// SIGTERM by about the grace, and can only have been ended by a signal it cannot catch.
     @Test func aWorkerThatIgnoresSIGTERMIsKilledAfterTheGrace() async throws {
         let recorder = LogRecorder()
-        let grace = Double(WorkerPool.terminationGraceMs) / 1000
+        let grace = Double(Teardown.graceMs) / 1000
         try await withPool(recorder) { pool in
             let stubborn = fixture("stubborn")
             #expect(stubborn.manifest.timeoutMs == 1000)

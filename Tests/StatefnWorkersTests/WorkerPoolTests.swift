@@ -365,7 +365,7 @@ func withPool<T>(
                 Issue.record("an executable open for writing cannot run")
             } catch {
                 #expect(error.code == .spawnFailed)
-                #expect(error.detail.contains(errorText(ETXTBSY)), "\(error.detail)")
+                #expect(error.detail.contains(Errno(code: ETXTBSY).description), "\(error.detail)")
             }
         }
         // The kernel saw it tried, again and again, before giving up (the spawn's retries: DESIGN.md section 9).

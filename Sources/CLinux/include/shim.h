@@ -44,6 +44,12 @@ int clinux_landlock_ruleset(int abi, const char *const read[], int readCount, co
 // prlimit sets another process's limit; RLIMIT_DATA caps a worker's heap and private writable mappings without
 // counting the address space that V8, the JVM and Go reserve but never touch (RLIMIT_AS would).
 int clinux_limit_data(pid_t pid, unsigned long long bytes);
+// The wait status macros (WIFEXITED, WEXITSTATUS, WTERMSIG), which Swift cannot see.
+int clinux_wait_exited(int status);
+int clinux_wait_exit_status(int status);
+int clinux_wait_term_signal(int status);
+// The status a shell would report: the exit status, or 128 + the signal that killed it.
+int clinux_wait_shell_status(int status);
 // gettid(2): the calling thread's id, which names its entry under /proc/<pid>/task.
 int clinux_gettid(void);
 // pthread_setname_np names the calling thread for ps, top and perf (at most 15 bytes).
