@@ -57,21 +57,25 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
         let gateway = getpid()
         let session = getsid(0)
         let group = getpgrp()
-        let spawning = spawnGate.withLock { $0.pending } > 0
         // The kernel hands an orphan to the subreaper's main thread (its thread group leader) when that lives, else
         // to another of its threads: the spawn threads, parents of the workers, are the ones that matter then.
+        var children: [pid_t] = []
         for thread in [gateway] + SpawnThreads.shared.threadIDs.withLock({ $0 }) {
             guard let text = readText("/proc/\(gateway)/task/\(thread)/children") else { continue }
-            for pid in text.split(separator: " ").compactMap({ pid_t($0) }) where live[pid] == nil {
-                guard !condemned.contains(pid), let ids = Self.groupAndSession(of: pid) else { continue }
-                let escaped = ids.session != session || (ids.group != pid && ids.group != group) || !spawning
-                guard escaped else { continue }
-                logger.warning(
-                    "killing a process a worker left behind outside its process group",
-                    metadata: ["pid": "\(pid)", "session": "\(ids.session)"])
-                kill(pid, SIGKILL)
-                condemned.insert(pid)
-            }
+            children += text.split(separator: " ").compactMap { pid_t($0) }
+        }
+        // Read after the lists, not before: a child in them was counted in `pending` before it was spawned, and
+        // stays counted until this thread takes it on, so a spawn racing this scan is seen as one.
+        let spawning = spawnGate.withLock { $0.pending } > 0
+        for pid in children where live[pid] == nil && !condemned.contains(pid) {
+            guard let ids = Self.groupAndSession(of: pid) else { continue }
+            let escaped = ids.session != session || (ids.group != pid && ids.group != group) || !spawning
+            guard escaped else { continue }
+            logger.warning(
+                "killing a process a worker left behind outside its process group",
+                metadata: ["pid": "\(pid)", "session": "\(ids.session)"])
+            kill(pid, SIGKILL)
+            condemned.insert(pid)
         }
         for pid in condemned {
             // Reaped now, or not ours to wait for any more (ECHILD): either way it is done.

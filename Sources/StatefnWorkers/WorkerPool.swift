@@ -261,7 +261,7 @@ public final class WorkerPool: Sendable {
         let now = Self.nowMs()
         if crashed {
             logger.warning(
-                beforeServing ? "worker crashed before serving a request" : "worker crashed after serving; replacing it",
+                beforeServing ? "worker crashed before serving a request" : "worker crashed; replaced at once",
                 metadata: ["function": "\(function.name)"])
             Self.count("statefn_worker_crashes_total", function)
         }

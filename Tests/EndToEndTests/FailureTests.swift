@@ -96,7 +96,7 @@ struct FailureTests {
         #expect(statuses.count == 1_200)
         #expect(succeeded >= 1_080, "\(succeeded) of 1,200 succeeded: \(counts)")
         #expect(counts[503] == nil, "the function was declared unhealthy: \(counts)")
-        #expect(gateway.logs.contains { $0.contains("worker crashed after serving; replacing it") })
+        #expect(gateway.logs.contains { $0.contains("worker crashed; replaced at once") })
     }
 
     @Test("crashing, lying and slow workers, and bad requests, leave the state unchanged")

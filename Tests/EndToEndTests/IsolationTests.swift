@@ -113,6 +113,22 @@ struct IsolationTests {
         }
     }
 
+    /// The orphan sweep runs after every reap, while other fork runs are being spawned: a worker spawned a moment
+    /// ago, not yet taken on by the pool, must never look like an orphan to it.
+    @Test("fork runs spawned while others are reaped are never taken for orphans")
+    func forkRunsUnderLoadAreNotOrphans() async throws {
+        let data = TestDatabase.makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let gateway = try await onThread { try GatewayProcess(arguments: ["--functions", Self.fixtures, "--data-dir", data]) }
+        defer { gateway.stop() }
+        let statuses = try await onThreads(4) { _ in
+            let http = gateway.client()
+            return try (0..<500).map { _ in try http.request("POST", "/v1/quickfork/ping", body: "{}").status }
+        }.flatMap { $0 }
+        #expect(statuses.allSatisfy { $0 == 200 }, "\(Dictionary(grouping: statuses) { $0 }.mapValues(\.count))")
+        #expect(!gateway.logs.contains { $0.contains("killing a process a worker left behind") }, "a fork run was killed")
+    }
+
     @Test("not as root, workers keep the gateway's account and every other layer, and the start-up log says so")
     func hostileFunctionUnderAnUnprivilegedGateway() async throws {
         try #require(getuid() == 0, "needs root to start the gateway as another account")
