@@ -56,7 +56,10 @@ static int worker_child_main(void *raw) {
         struct kernel_sigaction action = {.handler = (sig == 32 || sig == 33) ? SIG_IGN : SIG_DFL};
         syscall(SYS_rt_sigaction, sig, &action, NULL, sizeof action.mask);
     }
-    if (setpgid(0, 0) < 0) goto fail;
+    // A session of its own, not only a process group: no controlling terminal, so a worker cannot read or
+    // inject keystrokes into the terminal the gateway was started from (TIOCSTI), nor get its ^C. It still leads
+    // its own group, so kill(-pid) reaches everything it starts that stays in it.
+    if (setsid() < 0) goto fail;
     for (int target = 0; target < 3; target++) {
         // dup2 onto itself would keep close-on-exec; clear it instead, as posix_spawn does.
         int done = child->fds[target] == target ? fcntl(target, F_SETFD, 0) : dup2(child->fds[target], target);
@@ -126,8 +129,6 @@ int clinux_wait_exited(int status) { return WIFEXITED(status); }
 int clinux_wait_exit_status(int status) { return WEXITSTATUS(status); }
 int clinux_wait_term_signal(int status) { return WIFSIGNALED(status) ? WTERMSIG(status) : 0; }
 int clinux_wait_shell_status(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
-
-int clinux_gettid(void) { return (int)syscall(SYS_gettid); }
 
 int clinux_name_thread(const char *name) { return pthread_setname_np(pthread_self(), name); }
 

@@ -156,10 +156,10 @@ private final class CappedFetches: NSObject, URLSessionDataDelegate, @unchecked 
 
     func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
         let over = lock.withLock { () -> Int? in
-            guard var entry = pending[dataTask.taskIdentifier] else { return nil }
-            entry.body += data
-            pending[dataTask.taskIdentifier] = entry
-            return entry.body.count > limit ? entry.status : nil
+            let id = dataTask.taskIdentifier
+            guard pending[id] != nil else { return nil }
+            pending[id]!.body.append(contentsOf: data)  // in place: no copy of what came before
+            return pending[id]!.body.count > limit ? pending[id]!.status : nil
         }
         guard let status = over else { return }
         finish(dataTask, .success((status, nil)))

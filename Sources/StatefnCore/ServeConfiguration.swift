@@ -1,6 +1,7 @@
 // `statefn serve`'s configuration as one typed value (DESIGN.md section 7): every setting comes from its flag, else
 // its STATEFN_* variable, else its default, and a value that does not parse or is out of range is refused with a
 // message naming where it came from. Nothing silently falls back to a default.
+import Foundation
 import Logging
 import StatefnAuth
 
@@ -183,14 +184,25 @@ public enum LogFormat: String, Sendable {
 
 /// Where the database is: DATABASE_URL, or the embedded cluster under the data directory. Shared by every command.
 public struct DatabaseSettings: Sendable, Equatable {
-    /// DATABASE_URL, passed to libpq unchanged (sslmode, options=--cluster=… and the rest).
+    /// DATABASE_URL, passed to libpq unchanged (sslmode, options=--cluster=… and the rest); or the contents of the
+    /// file DATABASE_URL_FILE names (a mounted secret), so that the URL is in no process's environment, not even
+    /// that of an init (tini) whose /proc entries a worker of the same account could read.
     public var url: String?
     public var dataDirectory: String
     public var migrationsDirectory: String?
     public var poolSize: Int
 
     public init(_ settings: SettingsReader) throws(ConfigurationError) {
-        url = settings.source.environment["DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        let environment = settings.source.environment
+        url = environment["DATABASE_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        if let file = environment["DATABASE_URL_FILE"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            guard url == nil else { throw ConfigurationError("set DATABASE_URL or DATABASE_URL_FILE, not both") }
+            guard let data = FileManager.default.contents(atPath: file),
+                let text = String(data: data, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines),
+                !text.isEmpty
+            else { throw ConfigurationError("DATABASE_URL_FILE \(file) cannot be read, or is empty") }
+            url = text
+        }
         dataDirectory = settings.string("data-dir", default: ".statefn")
         migrationsDirectory = settings.optionalString("migrations-dir")
         poolSize = try settings.integer("db-pool-size", default: 16, in: 1...1000)

@@ -21,19 +21,24 @@ final class ConnectionDeadlines: @unchecked Sendable {  // `timer` is set up onc
     /// By connection pointer. An entry goes when libmicrohttpd says the connection closed, which it does before it
     /// closes the socket: a socket shut down under this lock is always still the connection's own.
     private let entries = Mutex<[UInt: Entry]>([:])
-    private let timer: DispatchSourceTimer
+    /// nil with the timeout off: a dispatch source must be resumed before it may be released.
+    private let timer: DispatchSourceTimer?
 
     init(timeoutSeconds: Int, logger: Logger) {
         timeout = UInt64(timeoutSeconds) * 1_000_000_000
         self.logger = logger
-        timer = DispatchSource.makeTimerSource(queue: .global())
-        guard timeoutSeconds > 0 else { return }
+        guard timeoutSeconds > 0 else {
+            timer = nil
+            return
+        }
+        let timer = DispatchSource.makeTimerSource(queue: .global())
         timer.schedule(deadline: .now() + 1, repeating: 1.0, leeway: .milliseconds(200))
+        self.timer = timer
         timer.setEventHandler { [weak self] in self?.sweep() }
         timer.resume()
     }
 
-    deinit { timer.cancel() }
+    deinit { timer?.cancel() }
 
     private static func key(_ connection: OpaquePointer) -> UInt { UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(connection))) }
 

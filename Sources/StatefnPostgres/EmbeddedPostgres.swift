@@ -36,12 +36,16 @@ public final class EmbeddedPostgres: Sendable {
         let binaries = try ServerBinaries.find()
         let account = try serverAccount()
         try prepareClusterDirectory(for: account)
-        let password = try clusterPassword()
         let fresh = !FileManager.default.fileExists(atPath: directory + "/PG_VERSION")
-        if fresh { try initialize(with: binaries, as: account, password: password.value) }
+        let password = try clusterPassword(fresh: fresh)
+        if fresh {
+            try initialize(with: binaries, as: account, password: password.value)
+            try adoptPendingPassword()
+        }
         // A cluster made before passwords (trust on its socket) gets one: started as it was, given the password
-        // over that one trusted connection, then switched to scram-sha-256.
-        let setPassword = !fresh && password.created
+        // over that one trusted connection, then switched to scram-sha-256. Until the role has it, the password
+        // waits in `<file>.new`, so a start that fails half way tries again rather than locking the cluster.
+        let setPassword = !fresh && password.pending
         let socketDirectory = try prepareSocketDirectory(for: account)
         try writeSettings(socketDirectory: socketDirectory, account: account, trust: setPassword)
         let socket = "host=\(Self.conninfoQuoted(socketDirectory)) port=\(Self.port) user=statefn dbname=postgres"
@@ -66,6 +70,7 @@ public final class EmbeddedPostgres: Sendable {
         }
         if setPassword {
             try setRolePassword(password.value, conninfo: socket)
+            try adoptPendingPassword()
             try writeSettings(socketDirectory: socketDirectory, account: account, trust: false)
             try ServerCommand([binaries.pgCtl, "-D", directory, "reload"], as: account).check()
             logger.notice("the embedded cluster now takes only password (scram-sha-256) logins")
@@ -78,17 +83,29 @@ public final class EmbeddedPostgres: Sendable {
     /// whoever can read that file can log in, and no one else can, over the socket or otherwise.
     public var passwordFile: String { parentDirectory + "/pg-password" }
 
-    private func clusterPassword() throws(PostgresError) -> (value: String, created: Bool) {
-        if let text = try? String(contentsOfFile: passwordFile, encoding: .utf8),
-            let line = text.split(separator: "\n").first, line.hasPrefix("*:*:*:*:"), line.count > 8
-        {
-            chmod(passwordFile, 0o600)
-            return (String(line.dropFirst(8)), false)
+    /// The cluster's password: from the password file, or one that waits in `<file>.new` (made now if there is
+    /// none: for a fresh cluster, or an old one that had trust instead) until the role has it (`pending`).
+    private func clusterPassword(fresh: Bool) throws(PostgresError) -> (value: String, pending: Bool) {
+        func read(_ path: String) -> String? {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+                let line = text.split(separator: "\n").first, line.hasPrefix("*:*:*:*:"), line.count > 8
+            else { return nil }
+            chmod(path, 0o600)
+            return String(line.dropFirst(8))
         }
+        if !fresh, let value = read(passwordFile) { return (value, false) }
+        if let value = read(passwordFile + ".new") { return (value, true) }
         var generator = SystemRandomNumberGenerator()
         let value = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
-        try writePrivate("*:*:*:*:\(value)\n", to: passwordFile, owner: nil)
+        try writePrivate("*:*:*:*:\(value)\n", to: passwordFile + ".new", owner: nil)
         return (value, true)
+    }
+
+    /// The role has the pending password: it becomes the password file.
+    private func adoptPendingPassword() throws(PostgresError) {
+        guard rename(passwordFile + ".new", passwordFile) == 0 else {
+            throw Self.setupFailure("cannot move \(passwordFile).new to \(passwordFile): \(Self.errnoText())")
+        }
     }
 
     /// Writes `text` to a new file at `path`, mode 0600, owned by `owner` (or by us); replaces what was there.

@@ -56,8 +56,8 @@ final class ForkRun: @unchecked Sendable {  // confined to the event loop thread
 
     private func deadlinePassed() {
         deadline = nil
+        // Slow is not broken: a timeout is not weighed in the failure ratio (see WarmWorkerStateMachine).
         timedOut = true
-        if request != nil { outcome = .failed }
         process.tearDown(from: .terminate)
         guard let request else { return }
         self.request = nil

@@ -39,7 +39,7 @@ public struct FunctionCatalog: Sendable, Equatable {
     /// (`[a-z][a-z0-9_-]{0,62}`, e.g. `_sdk`, `README.md`) are ignored.
     public static func scan(directory: String) -> FunctionCatalog {
         var catalog = FunctionCatalog()
-        guard let root = absolutePath(directory), let entries = directoryEntries(root) else { return catalog }
+        guard let root = absolutePath(directory), let entries = System.directoryEntries(root) else { return catalog }
         for name in entries where isFunctionName(name) {
             switch load(name: name, root: root) {
             case .success(let definition): catalog.functions[name] = definition
@@ -91,7 +91,7 @@ public struct FunctionCatalog: Sendable, Equatable {
         var revision = FileStatus(executable)?.revision ?? ""
         if entry.isDirectory {
             // A handler that imports its neighbours changes when they do.
-            for other in directoryEntries(path) ?? [] where other != "handler" {
+            for other in System.directoryEntries(path) ?? [] where other != "handler" {
                 if let status = FileStatus(path + "/" + other), status.isRegularFile {
                     revision += "|" + status.revision
                 }
@@ -134,19 +134,6 @@ private struct FileStatus {
     var isExecutable: Bool { mode & 0o111 != 0 }
 }
 
-/// The names in a directory, without `.` and `..`; wraps opendir(3) and readdir(3).
-private func directoryEntries(_ path: String) -> [String]? {
-    guard let directory = opendir(path) else { return nil }
-    defer { closedir(directory) }
-    var names: [String] = []
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-        }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names.sorted()
-}
 
 /// An absolute, symlink-free path; wraps realpath(3).
 private func absolutePath(_ path: String) -> String? {

@@ -25,8 +25,9 @@ struct PoolStateMachine<Request> {
         case failingRequests(failed: Int, of: Int)
     }
 
-    /// How the request a worker had ended, for the failure ratio: a crash, a timeout or a broken answer is the
-    /// function's failure; a refusal by the function itself is an answer, so a success here.
+    /// How the request a worker had ended, for the failure ratio: a crash, a broken answer or going over
+    /// `memory_mb` is the function's failure; a refusal by the function itself is an answer, so a success here. A
+    /// timeout is neither.
     enum Outcome: Equatable {
         case succeeded, failed
     }
@@ -164,11 +165,6 @@ struct PoolStateMachine<Request> {
         return spawnForWaiting(now: now)
     }
 
-    /// A request ended without its worker retiring over it (a warm worker that stays, or one already counted).
-    mutating func requestEnded(_ outcome: Outcome, now: Instant = 0) -> [Action] {
-        record(outcome, now: now)
-        return refuseQueueIfUnhealthy(now: now)
-    }
 
     mutating func queueTimedOut(ticket: Int) -> Action {
         guard let index = queue.firstIndex(where: { $0.ticket == ticket }) else { return .none }

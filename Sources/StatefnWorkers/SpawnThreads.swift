@@ -16,8 +16,6 @@ final class SpawnThreads: Sendable {
     static let shared = SpawnThreads(count: 4)
 
     private let jobs = Mutex<[@Sendable () -> Void]>([])
-    /// The threads' ids: every worker is a child of one of them (`WorkerIO.collectOrphans` reads their children).
-    let threadIDs = Mutex<[pid_t]>([])
     private let available = DispatchSemaphore(value: 0)
 
     private init(count: Int) {
@@ -40,7 +38,6 @@ final class SpawnThreads: Sendable {
 
     private func run() {
         _ = clinux_name_thread("statefn-spawn")
-        threadIDs.withLock { $0.append(clinux_gettid()) }
         while true {
             available.wait()
             let job = jobs.withLock { $0.removeFirst() }

@@ -73,6 +73,22 @@ enum System {
         _ = fcntl(fd, F_SETFL, O_NONBLOCK)
     }
 
+    /// The names in a directory (only its subdirectories, with `directoriesOnly`), without `.` and `..`, sorted;
+    /// nil if it cannot be opened. opendir(3) and readdir(3).
+    static func directoryEntries(_ path: String, directoriesOnly: Bool = false) -> [String]? {
+        guard let directory = opendir(path) else { return nil }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            if directoriesOnly && entry.pointee.d_type != DT_DIR { continue }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
     /// open(2) read-only or write-only, close-on-exec.
     static func open(_ path: String, writing: Bool = false) -> Result<Int32, Errno> {
         retrying { Glibc.open(path, (writing ? O_WRONLY : O_RDONLY) | O_CLOEXEC) }

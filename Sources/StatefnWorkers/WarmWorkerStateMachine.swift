@@ -122,9 +122,10 @@ struct WarmWorkerStateMachine<Request> {
         }
         switch state {
         case .starting(let waiting):
+            // It never got going: a start-up crash, for the backoff and the crash loop.
             return [.cancelInitTimer, .logViolation("worker wrote something other than {\"ready\":true} first; replacing it")]
                 + (waiting.map { [.fail($0, .notReady)] } ?? [])
-                + retire(.kill, outcome: waiting == nil ? nil : .failed)
+                + retire(.kill, crashed: true, outcome: waiting == nil ? nil : .failed)
         case .idle:
             return [.logViolation("worker wrote a line with no request in flight; replacing it")] + retire(.kill)
         case .busy(let request):
@@ -153,11 +154,13 @@ struct WarmWorkerStateMachine<Request> {
             + retire(.kill, crashed: true, outcome: waiting == nil ? nil : .failed)
     }
 
-    /// The request in flight passed its deadline.
+    /// The request in flight passed its deadline. Slow is not broken: a timeout is not weighed in the failure
+    /// ratio (a caller whose requests are slow must not switch the function off for everyone); the deadline and
+    /// the queue's limits already bound what slow requests cost.
     mutating func deadlinePassed() -> [Action] {
         guard case .busy(let request) = state else { return [] }
         state = .idle
-        return [.noteTimeout] + retire(.terminate, outcome: .failed) + [.fail(request, .timedOut)]
+        return [.noteTimeout] + retire(.terminate) + [.fail(request, .timedOut)]
     }
 
     /// It closed stdout: no answer can come any more. It gets the teardown's grace to exit on its own, which tells
@@ -200,8 +203,10 @@ struct WarmWorkerStateMachine<Request> {
         let crashed = !stopping && !forMemory && !endedOnPurpose && !(request == nil && clean) && !leftCleanAfterServing
         var actions: [Action] = [.cancelDeadline, .cancelInitTimer]
         if forMemory { actions.append(.noteRecycle) }
-        if !wasRetiring || crashed {
-            let failed = request != nil && !leftCleanAfterServing && !stopping
+        // Reported once more if it was already retiring but has news: a crash, or a request it failed (killed for
+        // memory_mb after closing stdout, say). The pool takes a repeat for a worker it no longer counts.
+        let failed = request != nil && !leftCleanAfterServing && !stopping
+        if !wasRetiring || crashed || failed {
             actions.append(.retired(crashed: crashed, beforeServing: !hadServed, outcome: failed ? .failed : nil))
         }
         guard let request else { return actions }

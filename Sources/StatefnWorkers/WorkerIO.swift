@@ -48,32 +48,17 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
 
     /// Kills and reaps what workers left behind. With the gateway a child subreaper, a worker's descendant that
     /// left its process group (`setsid`, `setpgid`), and so escaped the group's SIGKILL, becomes a child of the
-    /// gateway once the worker is gone. Any child that is not a live worker is such an orphan (the gateway starts
-    /// no other process once it serves), but for a worker spawned a moment ago and not yet taken on here: that
-    /// one is in the gateway's session, leads its own group, and is counted in `spawnGate.pending`. Runs after
-    /// every reap and once a second.
+    /// gateway once the worker is gone: of its main thread, which the kernel picks as the first live thread of the
+    /// subreaper. Workers are children of the spawn threads, never of the main thread, and the main thread starts
+    /// no process once the gateway serves, so every child it has is such an orphan. Runs after every reap and
+    /// once a second.
     func collectOrphans() {
         guard reapsOrphans else { return }
         let gateway = getpid()
-        let session = getsid(0)
-        let group = getpgrp()
-        // The kernel hands an orphan to the subreaper's main thread (its thread group leader) when that lives, else
-        // to another of its threads: the spawn threads, parents of the workers, are the ones that matter then.
-        var children: [pid_t] = []
-        for thread in [gateway] + SpawnThreads.shared.threadIDs.withLock({ $0 }) {
-            guard let text = readText("/proc/\(gateway)/task/\(thread)/children") else { continue }
-            children += text.split(separator: " ").compactMap { pid_t($0) }
-        }
-        // Read after the lists, not before: a child in them was counted in `pending` before it was spawned, and
-        // stays counted until this thread takes it on, so a spawn racing this scan is seen as one.
-        let spawning = spawnGate.withLock { $0.pending } > 0
-        for pid in children where live[pid] == nil && !condemned.contains(pid) {
-            guard let ids = Self.groupAndSession(of: pid) else { continue }
-            let escaped = ids.session != session || (ids.group != pid && ids.group != group) || !spawning
-            guard escaped else { continue }
-            logger.warning(
-                "killing a process a worker left behind outside its process group",
-                metadata: ["pid": "\(pid)", "session": "\(ids.session)"])
+        let text = readText("/proc/\(gateway)/task/\(gateway)/children") ?? ""
+        for pid in text.split(separator: " ").compactMap({ pid_t($0) })
+        where live[pid] == nil && !condemned.contains(pid) {
+            logger.warning("killing a process a worker left behind outside its process group", metadata: ["pid": "\(pid)"])
             kill(pid, SIGKILL)
             condemned.insert(pid)
         }
@@ -82,16 +67,6 @@ final class WorkerIO: @unchecked Sendable {  // confined to the event loop threa
             if case .success(nil) = System.wait(for: pid, options: WNOHANG) { continue }
             condemned.remove(pid)
         }
-    }
-
-    /// The process group and session of `pid`, from /proc/<pid>/stat (after the command name, which may hold
-    /// spaces and parentheses: the fields follow its last ')').
-    private static func groupAndSession(of pid: pid_t) -> (group: pid_t, session: pid_t)? {
-        guard let text = readText("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        // state, ppid, pgrp, session
-        guard fields.count > 3, let group = pid_t(fields[2]), let session = pid_t(fields[3]) else { return nil }
-        return (group, session)
     }
 
     /// Completes a stop once every process is reaped and no spawn is under way.

@@ -538,7 +538,7 @@ extension PoolStateMachine.Unhealthy {
         case .startupCrashes:
             "\(CrashPolicy.loopCrashes) workers crashed before serving within \(CrashPolicy.loopWindowMs / 1000) s"
         case .failingRequests(let failed, let total):
-            "\(failed) of its last \(total) requests failed (crashed, timed out or answered wrongly)"
+            "\(failed) of its last \(total) requests failed (crashed, answered wrongly or went over memory_mb)"
         }
     }
 }

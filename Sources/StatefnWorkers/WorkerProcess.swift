@@ -295,7 +295,14 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
             stderrLines.append(bytes)
             while case .line(let line, let truncated) = stderrLines.next() { log(line, truncated: truncated) }
         }
-        let status = (try? System.wait(for: pid).get()).flatMap { $0 } ?? 0
+        let status: Int32
+        switch System.wait(for: pid) {
+        case .success(let reaped?): status = reaped
+        case .success(nil), .failure:
+            // Not ours to wait for: never a clean exit.
+            logger.error("cannot reap a worker", metadata: ["function": "\(function)", "pid": "\(pid)"])
+            status = 255 << 8
+        }
         exited = true
         if let cgroup, cgroup.release(), !killedForMemory {
             killedForMemory = true

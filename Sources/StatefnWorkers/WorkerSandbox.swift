@@ -40,13 +40,30 @@ public struct WorkerSandbox: Sendable {
     }
 
     /// The system's read-only trees a runtime needs (interpreters, libraries, certificates, /proc/self); the
-    /// functions directory is added to them.
-    public static let systemPaths = [
-        "/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/dev",
-        "/run/systemd/resolve",
-    ]
+    /// functions directory is added to them. Of /etc only what runtimes read (`etcEntries`): a key, a JWKS file or
+    /// a database client certificate kept there stays the gateway's.
+    public static var systemPaths: [String] {
+        ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/opt", "/proc", "/sys", "/dev",
+            "/run/systemd/resolve"] + etcEntries().map { "/etc/" + $0 }
+    }
+
+    /// The entries of /etc a worker may read: the dynamic linker's cache, time zone, name resolution, accounts,
+    /// certificates, MIME types, and the configuration of language runtimes (python3*, perl, java*, node*, ruby*).
+    static func etcEntries(in directory: String = "/etc") -> [String] {
+        let names: Set<String> = [
+            "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "ssl", "ca-certificates",
+            "ca-certificates.conf", "pki", "crypto-policies", "hosts", "resolv.conf", "nsswitch.conf", "gai.conf",
+            "host.conf", "services", "protocols", "networks", "passwd", "group", "alternatives", "mime.types",
+            "magic", "magic.mime", "os-release", "debian_version", "locale.alias", "machine-id",
+        ]
+        let prefixes = ["python", "perl", "java", "node", "ruby"]
+        guard let entries = System.directoryEntries(directory) else { return [] }
+        return entries.filter { name in names.contains(name) || prefixes.contains { name.hasPrefix($0) } }.sorted()
+    }
     /// Device files a worker may also write (`> /dev/null`), on top of reading /dev.
-    static let writableDevices = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"]
+    /// Not /dev/tty: a worker has no controlling terminal (it leads a session of its own), and must not reach the
+    /// one the gateway was started from.
+    static let writableDevices = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
 
     /// The Landlock ABI version this kernel offers, or why there is none.
     public static func landlockAvailability() -> Result<Int, WorkerError> {
@@ -64,6 +81,9 @@ public struct WorkerSandbox: Sendable {
     /// comes back to it when the worker exits, to be killed. Call after any daemon this process starts itself
     /// (the embedded PostgreSQL) is running, or that daemon would count as an orphan.
     public mutating func becomeSubreaper() -> Bool {
+        // As PID 1 every orphan of the system is already ours (the embedded PostgreSQL's server among them), and
+        // telling a worker's from the others is an init's job: run statefn under one (tini, docker --init).
+        guard getpid() != 1 else { return false }
         reapsOrphans = clinux_set_child_subreaper() == 0
         return reapsOrphans
     }

@@ -40,7 +40,7 @@ func workerSandbox(
         logger.notice(
             """
             statefn is not running as root, so workers run as its own account \(me): they cannot be given another; \
-            the gateway stays undumpable, and Landlock and the cluster's password still apply
+            the gateway stays undumpable, and Landlock, where the kernel has it, keeps them out of its files
             """,
             metadata: ["uid": "\(getuid())"])
         if explicitUser { logger.warning("--worker-user \(user) is ignored: only root can switch users") }
@@ -51,17 +51,33 @@ func workerSandbox(
     case .success(let abi):
         sandbox.landlockABI = abi
         sandbox.readablePaths = [functionsDirectory] + WorkerSandbox.systemPaths
+        // Signal scoping came with ABI 6 (Linux 6.12): before it, a worker of the gateway's own account may still
+        // signal it.
+        let signals = abi >= 6 ? "and signal only their own processes" : "(signals are not scoped below ABI 6)"
         logger.info(
             """
-            Landlock confines workers: they read the functions directory and the system's files, and write only \
-            their scratch directory
+            Landlock confines workers: they read the functions directory and the system's files, write only \
+            their scratch directory, \(signals)
             """, metadata: ["landlock_abi": "\(abi)"])
     case .failure(let reason):
-        logger.warning(
-            "\(reason.detail): workers are not confined to their directories (the other layers stay)")
+        if sandbox.account == nil {
+            logger.warning(
+                """
+                \(reason.detail), and workers run as the gateway's own account: they can read whatever it can \
+                (the data directory, the dev key, the cluster's password file) and signal it
+                """)
+        } else {
+            logger.warning("\(reason.detail): workers are not confined to their directories (the other layers stay)")
+        }
     }
     // After the embedded PostgreSQL has started: its server, orphaned by pg_ctl, must not come to us.
-    if !sandbox.becomeSubreaper() {
+    if getpid() == 1 {
+        logger.warning(
+            """
+            statefn is PID 1: run it under an init (tini, docker run --init); a worker's descendant that leaves its \
+            process group is not killed with it
+            """)
+    } else if !sandbox.becomeSubreaper() {
         logger.warning("cannot make the gateway a child subreaper: a worker's descendant that calls setsid outlives it")
     }
     return sandbox

@@ -1,9 +1,11 @@
 // `serve`'s configuration on its own: flags over variables over defaults, and every malformed or out-of-range value
 // refused with a message that names where it came from.
+import Foundation
 import Logging
 import Testing
 
 import StatefnAuth
+import StatefnWorkers
 @testable import StatefnCore
 
 @Suite(.timeLimit(.minutes(1))) struct ServeConfigurationTests {
@@ -20,6 +22,24 @@ import StatefnAuth
         } catch {
             return "\(error)"
         }
+    }
+
+    /// The database URL from a mounted secret: DATABASE_URL_FILE, trimmed; never both, never an unreadable file.
+    @Test func theDatabaseURLMayComeFromAFile() throws {
+        let file = NSTemporaryDirectory() + "statefn-url-\(UUID().uuidString)"
+        try "postgresql://u:secret@db/statefn\n".write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try configuration(env: ["DATABASE_URL_FILE": file]).database.url == "postgresql://u:secret@db/statefn")
+        #expect(refusal(env: ["DATABASE_URL_FILE": file, "DATABASE_URL": "postgresql://x"])?.contains("not both") == true)
+        #expect(refusal(env: ["DATABASE_URL_FILE": file + ".missing"])?.contains("cannot be read") == true)
+    }
+
+    /// What a worker may read of /etc under Landlock: what runtimes need, not whatever else is kept there.
+    @Test func workersReadOnlyTheRuntimesPartOfEtc() throws {
+        let etc = WorkerSandbox.systemPaths.filter { $0.hasPrefix("/etc") }
+        #expect(!etc.contains("/etc"), "not all of /etc")
+        #expect(etc.contains("/etc/ld.so.cache") && etc.contains("/etc/ssl"))
+        #expect(!etc.contains { $0.hasPrefix("/etc/statefn") || $0 == "/etc/shadow" || $0.hasPrefix("/etc/postgresql") })
     }
 
     @Test func defaultsWhenNothingIsSet() throws {

@@ -207,8 +207,16 @@ import Testing
             }
         }
         #expect(pool.unhealthyUntil == nil, "half failing is not most")
-        // Then most fail (timeouts, say, on a worker that stays): refused, and the reason says so.
-        for index in 0..<8 { _ = pool.requestEnded(.failed, now: now + index) }
+        // Then most fail, every worker crashing on its request: refused, and the reason says so.
+        for index in 0..<8 {
+            let next: Int
+            switch pool.request("f\(index)", now: now + index) {
+            case .run(_, let on): next = on
+            case .spawn(let id, _): next = id
+            default: return
+            }
+            _ = pool.workerRetired(next, crashed: true, beforeServing: false, outcome: .failed, now: now + index)
+        }
         let until = try #require(pool.unhealthyUntil)
         #expect((now + CrashPolicy.coolDownMs...now + 7 + CrashPolicy.coolDownMs).contains(until))
         guard case .reject("z", .unhealthy(_, .failingRequests(let failed, let total))) = pool.request("z", now: now + 8)

@@ -62,10 +62,10 @@ import Testing
         _ = garbage.start("g")
         #expect(
             names(garbage.line(isReady: false, validAnswer: false, truncated: false))
-                == ["cancel init", "log", "fail g notReady", "tear down from kill", "retired before serving failed"])
+                == ["cancel init", "log", "fail g notReady", "tear down from kill", "retired crashed before serving failed"])
         #expect(garbage.exited(clean: false, forMemory: false, stopping: false).allSatisfy {
             if case .retired = $0 { false } else { true }
-        }, "ended on purpose: reported once, not as a crash")
+        }, "ended on purpose: reported once")
 
         var slow = Machine(needsReadyLine: true, maxRequests: 0)
         _ = slow.start("s")
@@ -79,7 +79,7 @@ import Testing
         _ = worker.start("slow")
         #expect(
             names(worker.deadlinePassed())
-                == ["note timeout", "tear down from terminate", "retired before serving failed", "fail slow timedOut"])
+                == ["note timeout", "tear down from terminate", "retired before serving", "fail slow timedOut"])
         // Its answer, if it comes now, is nobody's.
         #expect(worker.line(isReady: false, validAnswer: true, truncated: false).isEmpty)
         #expect(names(worker.exited(clean: false, forMemory: false, stopping: false)) == ["cancel deadline", "cancel init"])
@@ -118,6 +118,16 @@ import Testing
         _ = hog.start("m")
         #expect(
             names(hog.exited(clean: false, forMemory: true, stopping: false))
+                == ["cancel deadline", "cancel init", "note recycle", "retired before serving failed", "fail m exited(forMemory: true)"])
+    }
+
+    /// Killed for memory_mb after it closed stdout (so already retiring): the pool still hears of the failure.
+    @Test func aFailureAfterRetiringIsStillReported() {
+        var worker = Machine(needsReadyLine: false, maxRequests: 0)
+        _ = worker.start("m")
+        #expect(names(worker.stdoutClosed()) == ["tear down from closeStdin", "retired before serving"])
+        #expect(
+            names(worker.exited(clean: false, forMemory: true, stopping: false))
                 == ["cancel deadline", "cancel init", "note recycle", "retired before serving failed", "fail m exited(forMemory: true)"])
     }
 

@@ -22,7 +22,8 @@ struct clinux_worker_identity {
     int landlock;
 };
 // Starts a function worker: `path` with `argv` and `envp` (nothing searched, nothing inherited), its stdin, stdout
-// and stderr from `in`, `out` and `err`, working directory `directory`, in a new process group, with every signal
+// and stderr from `in`, `out` and `err`, working directory `directory`, in a new session (and so a new process
+// group, with no controlling terminal), with every signal
 // at its default disposition and none blocked, and no other descriptor open, as `identity` says. Returns the pid
 // and sets *pidfd (a descriptor that epoll reports readable when the process exits), or returns -errno, with
 // nothing left to reap. Like posix_spawn(3), but with the child on a stack inside the caller's frame (no mmap and
@@ -50,7 +51,5 @@ int clinux_wait_exit_status(int status);
 int clinux_wait_term_signal(int status);
 // The status a shell would report: the exit status, or 128 + the signal that killed it.
 int clinux_wait_shell_status(int status);
-// gettid(2): the calling thread's id, which names its entry under /proc/<pid>/task.
-int clinux_gettid(void);
 // pthread_setname_np names the calling thread for ps, top and perf (at most 15 bytes).
 int clinux_name_thread(const char *name);
