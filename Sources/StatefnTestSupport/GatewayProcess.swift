@@ -3,6 +3,7 @@
 // with waitpid, not Foundation's Process, whose pipes and reaping misbehave under parallel tests.
 import CLinux
 import Foundation
+import Synchronization
 
 public final class GatewayProcess: @unchecked Sendable {
     /// How the gateway authenticates its callers.
@@ -34,6 +35,46 @@ public final class GatewayProcess: @unchecked Sendable {
         return url.path
     }()
 
+    private static let reachableCopies = Mutex<[String: String]>([:])
+
+    /// `directory`, or, when the tests run as root from a checkout other accounts cannot pass through (under
+    /// /root, say), a copy of it that they can: as root, statefn runs workers as an unprivileged account, and
+    /// refuses to start when that account cannot reach the functions directory. One copy per directory per run.
+    public static func reachable(_ directory: String) -> String {
+        guard getuid() == 0, !othersCanReach(directory) else { return directory }
+        return reachableCopies.withLock { copies in
+            if let copy = copies[directory] { return copy }
+            let copy = TestDatabase.makeTemporaryDirectory() + "/functions"
+            _ = try? runToEnd("/bin/cp", ["-a", directory, copy])
+            chmod(copy, 0o755)
+            copies[directory] = copy
+            return copy
+        }
+    }
+
+    /// Whether every directory on the way to `path` lets other accounts through (o+x).
+    static func othersCanReach(_ path: String) -> Bool {
+        var prefix = ""
+        return !path.split(separator: "/").contains { component in
+            prefix += "/" + component
+            var info = stat()
+            return stat(prefix, &info) != 0 || info.st_mode & S_IXOTH == 0
+        }
+    }
+
+    /// The binary installed as `<prefix>/bin/statefn`, beside `<prefix>/share/statefn/{migrations,docs}`, where an
+    /// account that cannot reach the checkout can run it (`runAs`); the checkout itself when it can.
+    private static let installedForOthers: (binary: String, directory: String) = {
+        guard !othersCanReach(binaryPath) || !othersCanReach(repositoryRoot) else { return (binaryPath, repositoryRoot) }
+        let prefix = TestDatabase.makeTemporaryDirectory()
+        let share = prefix + "/share/statefn"
+        _ = try? runToEnd("/bin/mkdir", ["-p", prefix + "/bin", share])
+        _ = try? runToEnd("/bin/cp", [binaryPath, prefix + "/bin/statefn"])
+        _ = try? runToEnd("/bin/cp", ["-a", repositoryRoot + "/migrations", repositoryRoot + "/docs", share])
+        _ = try? runToEnd("/bin/chmod", ["-R", "a+rX", prefix])
+        return (prefix + "/bin/statefn", prefix)
+    }()
+
     /// The binary of the configuration under test: the `statefn` that SwiftPM built beside this test bundle
     /// (`.build/<triple>/debug` or `release`), or `STATEFN_TEST_BINARY`.
     public static var binaryPath: String {
@@ -54,6 +95,9 @@ public final class GatewayProcess: @unchecked Sendable {
             throw TestHTTPError(description: "\(Self.binaryPath) is missing: run `swift build` first")
         }
         var arguments = arguments
+        if let flag = arguments.firstIndex(of: "--functions"), arguments.index(after: flag) < arguments.endIndex {
+            arguments[flag + 1] = Self.reachable(arguments[flag + 1])
+        }
         var dataDirectory = arguments.firstIndex(of: "--data-dir").flatMap {
             arguments.index(after: $0) < arguments.endIndex ? arguments[arguments.index(after: $0)] : nil
         }
@@ -74,19 +118,20 @@ public final class GatewayProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
-        clinux_spawn_addchdir(&actions, Self.repositoryRoot)
+        let (binary, directory) = account == nil ? (Self.binaryPath, Self.repositoryRoot) : Self.installedForOthers
+        clinux_spawn_addchdir(&actions, directory)
         clinux_spawn_addclosefrom(&actions, 3)
 
         var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": NSTemporaryDirectory()]
         env.merge(environment) { $1 }
-        let serve = [Self.binaryPath, "serve", "--listen", "127.0.0.1:0"] + (authentication == .off ? ["--insecure-no-auth"] : [])
+        let serve = [binary, "serve", "--listen", "127.0.0.1:0"] + (authentication == .off ? ["--insecure-no-auth"] : [])
         // setpriv execs statefn in its own place, so the pid is the gateway's.
         let setpriv = account.map { ["/usr/bin/setpriv", "--reuid=\($0.uid)", "--regid=\($0.gid)", "--clear-groups", "--"] }
         let argv = ((setpriv ?? []) + serve + arguments).map { strdup($0) } + [nil]
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { (argv + envp).forEach { free($0) } }
         var child = pid_t()
-        let spawned = posix_spawn(&child, setpriv?[0] ?? Self.binaryPath, &actions, nil, argv, envp)
+        let spawned = posix_spawn(&child, setpriv?[0] ?? binary, &actions, nil, argv, envp)
         close(fds[1])
         guard spawned == 0 else {
             close(fds[0])

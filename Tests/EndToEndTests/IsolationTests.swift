@@ -9,7 +9,9 @@ import Testing
 
 @Suite("worker isolation, end to end", .serialized, .timeLimit(.minutes(5)))
 struct IsolationTests {
-    static let fixtures = GatewayProcess.repositoryRoot + "/Tests/EndToEndTests/Fixtures/functions"
+    /// What the gateway serves and the hostile function attacks (a copy the worker account can reach, when the
+    /// checkout is somewhere it cannot: `GatewayProcess.reachable`).
+    static let fixtures = GatewayProcess.reachable(GatewayProcess.repositoryRoot + "/Tests/EndToEndTests/Fixtures/functions")
 
     /// What the hostile function reports for each attack, as `function` (warm or fork) under `gateway`.
     static func probe(

@@ -8,7 +8,7 @@ import Testing
 
 @Suite("operations, end to end", .serialized, .timeLimit(.minutes(5)))
 struct OperationsTests {
-    static let functions = GatewayProcess.repositoryRoot + "/functions"
+    static let functions = GatewayProcess.reachable(GatewayProcess.repositoryRoot + "/functions")
 
     /// The statefn binary run to its end with exactly `environment` (plus PATH and HOME).
     static func statefn(_ arguments: [String], environment: [String: String] = [:]) throws
