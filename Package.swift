@@ -26,30 +26,34 @@ let package = Package(
         // GNU and Linux process calls that Swift's Glibc module hides (pipe2, pidfd_open, spawn file actions).
         .target(name: "CLinux"),
 
+        // Small text helpers, each in one place: hex digits, the function name rule, trims.
+        .target(name: "StatefnText"),
         // The only importer of CJansson.
-        .target(name: "StatefnJSON", dependencies: ["CJansson"]),
+        .target(name: "StatefnJSON", dependencies: ["CJansson", "StatefnText"]),
         // The only importer of CLibPQ.
         .target(
             name: "StatefnPostgres",
             dependencies: [
-                "CLibPQ", "CLinux", .product(name: "Logging", package: "swift-log"),
+                "CLibPQ", "CLinux", "StatefnText", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]),
         // The only importer of CMicroHTTPD.
         .target(
             name: "StatefnHTTP",
-            dependencies: ["CMicroHTTPD", "StatefnJSON", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "CMicroHTTPD", "StatefnJSON", "StatefnText", .product(name: "Logging", package: "swift-log"),
+            ]),
         .target(
             name: "StatefnWorkers",
             dependencies: [
-                "CLinux", "StatefnJSON", .product(name: "Logging", package: "swift-log"),
+                "CLinux", "StatefnJSON", "StatefnText", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]),
         // Who is calling and what they may touch: API keys, JWT/OIDC, scopes, rate limits.
         .target(
             name: "StatefnAuth",
             dependencies: [
-                "StatefnJSON", "StatefnPostgres",
+                "StatefnJSON", "StatefnPostgres", "StatefnText",
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -57,7 +61,7 @@ let package = Package(
         .target(
             name: "StatefnCore",
             dependencies: [
-                "StatefnJSON", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnAuth",
+                "StatefnJSON", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnAuth", "StatefnText",
                 .product(name: "Logging", package: "swift-log"), .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]),
@@ -65,7 +69,7 @@ let package = Package(
             name: "statefn",
             dependencies: [
                 "StatefnCore", "StatefnPostgres", "StatefnHTTP", "StatefnWorkers", "StatefnJSON", "StatefnAuth",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "StatefnText", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -1,6 +1,7 @@
 // API key format and hashing (DESIGN.md section 6): `sfn_<id>_<secret>`, a 256-bit random secret shown once, and
 // only its SHA-256 kept. Pure: the store and the verifier build on it.
 import Crypto
+import StatefnText
 
 public struct APIKey: Sendable, Equatable {
     /// Lower-case letters and digits, so the first `_` after the prefix ends it.
@@ -57,40 +58,10 @@ public struct APIKey: Sendable, Equatable {
     }
 
     /// Lowercase hex, two digits a byte (also the idempotency fingerprint's spelling).
-    public static func hex(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0xF)])
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    public static func hex(_ bytes: [UInt8]) -> String { Hex.encode(bytes) }
 
-    static func unhex(_ text: some StringProtocol) -> [UInt8]? {
-        let bytes = Array(text.utf8)
-        guard bytes.count % 2 == 0 else { return nil }
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count / 2)
-        var index = 0
-        while index < bytes.count {
-            guard let high = hexValue(bytes[index]), let low = hexValue(bytes[index + 1]) else { return nil }
-            out.append(high << 4 | low)
-            index += 2
-        }
-        return out
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case 0x30...0x39: byte - 0x30
-        case 0x61...0x66: byte - 0x61 + 10
-        case 0x41...0x46: byte - 0x41 + 10
-        default: nil
-        }
-    }
+    static func unhex(_ text: some StringProtocol) -> [UInt8]? { Hex.decode(text) }
 
     private static func isIDByte(_ byte: UInt8) -> Bool { (0x61...0x7A).contains(byte) || (0x30...0x39).contains(byte) }
-    private static func isHexByte(_ byte: UInt8) -> Bool { hexValue(byte) != nil }
+    private static func isHexByte(_ byte: UInt8) -> Bool { Hex.value(of: byte) != nil }
 }

@@ -1,6 +1,7 @@
 // Per-caller token buckets (`--rate-limit N/s`, `--rate-burst`), keyed by API key id or JWT subject. The buckets
 // live under one lock; a full bucket is the same as no bucket, so full ones are dropped when the table grows.
 import Synchronization
+import StatefnText
 
 public final class RateLimiter: Sendable {
     public let rate: Double
@@ -37,7 +38,7 @@ public final class RateLimiter: Sendable {
 
     /// Parses `N/s`, `N/m` or `N/min` (or a bare N, per second) into tokens per second.
     public static func parseRate(_ text: String) -> Double? {
-        let parts = text.split(separator: "/", maxSplits: 1).map { $0.trimmingCharacters(in: " ") }
+        let parts = text.split(separator: "/", maxSplits: 1).map { $0.trimming { $0 == " " } }
         guard let first = parts.first, let count = Double(first), count > 0, count.isFinite else { return nil }
         switch parts.count == 2 ? parts[1] : "s" {
         case "s", "sec", "second": return count
@@ -47,8 +48,3 @@ public final class RateLimiter: Sendable {
     }
 }
 
-extension StringProtocol {
-    fileprivate func trimmingCharacters(in set: Character) -> String {
-        String(drop(while: { $0 == set }).reversed().drop(while: { $0 == set }).reversed())
-    }
-}

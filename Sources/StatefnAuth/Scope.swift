@@ -1,5 +1,6 @@
 // Scopes (DESIGN.md section 6): `<action>:<function>[/<entity>]`, parsed once when a credential is accepted and
 // matched on every call. Pure, so every rule is unit-tested.
+import StatefnText
 
 /// What a call needs: `invoke` for commands, queries and actions; `read` for raw state and lists; `admin` for
 /// everything, `/v1/functions` included.
@@ -110,9 +111,5 @@ public struct Scope: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// `[a-z][a-z0-9_-]{0,62}`, the catalog's rule for function names.
-    static func isFunctionName(_ name: Substring) -> Bool {
-        let bytes = Array(name.utf8)
-        guard let first = bytes.first, bytes.count <= 63, (0x61...0x7A).contains(first) else { return false }
-        return bytes.allSatisfy { (0x61...0x7A).contains($0) || (0x30...0x39).contains($0) || $0 == 0x5F || $0 == 0x2D }
-    }
+    static func isFunctionName(_ name: Substring) -> Bool { Names.isFunctionName(name) }
 }

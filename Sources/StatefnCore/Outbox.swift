@@ -10,6 +10,7 @@
 import Logging
 import StatefnPostgres
 import Synchronization
+import StatefnText
 
 /// One claimed outbox row.
 public struct OutboxRow: Sendable, Equatable {
@@ -222,7 +223,7 @@ struct OutboxStore: Sendable {
             if [8, 13, 18, 23].contains(index) {
                 guard byte == UInt8(ascii: "-") else { return false }
             } else {
-                guard Route.hexValue(byte) != nil else { return false }
+                guard Hex.value(of: byte) != nil else { return false }
             }
         }
         return true

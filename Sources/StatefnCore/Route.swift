@@ -1,6 +1,7 @@
 // The v1 URL grammar (DESIGN.md section 2): turns a method and a raw, percent-encoded path into a route, or into
 // the status a client should get. Pure: no I/O, so it is tested directly.
 import StatefnWorkers
+import StatefnText
 
 /// What a request asks for, with names already validated.
 public enum Route: Equatable, Sendable {
@@ -125,11 +126,7 @@ extension Route {
 
     /// `[A-Za-z][A-Za-z0-9_.-]{0,62}`; `events` is reserved for the event-log route.
     public static func validateCommand(_ name: String) throws(RouteError) {
-        let bytes = Array(name.utf8)
-        let valid =
-            (1...63).contains(bytes.count) && isAlpha(bytes[0])
-            && bytes.allSatisfy { isAlpha($0) || isDigit($0) || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "-") }
-        guard valid else { throw RouteError(400, "invalid command name: it must match [A-Za-z][A-Za-z0-9_.-]{0,62}") }
+        guard Names.isCommandName(name) else { throw RouteError(400, "invalid command name: it must match [A-Za-z][A-Za-z0-9_.-]{0,62}") }
         guard name != "events" else { throw RouteError(404, "'events' is a reserved command name") }
     }
 
@@ -161,25 +158,11 @@ extension Route {
                 bytes.append(byte)
                 continue
             }
-            guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
+            guard let high = iterator.next().flatMap(Hex.value), let low = iterator.next().flatMap(Hex.value) else {
                 return nil
             }
             bytes.append(high << 4 | low)
         }
         return String(validating: bytes, as: UTF8.self)
     }
-
-    /// The value of one hex digit, either case; nil for any other byte.
-    static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
-    }
-    private static func isAlpha(_ b: UInt8) -> Bool {
-        (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(b) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(b)
-    }
-    private static func isDigit(_ b: UInt8) -> Bool { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b) }
 }

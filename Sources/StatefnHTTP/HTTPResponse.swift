@@ -1,5 +1,6 @@
 // A handler's answer, and the RFC 9457 problem bodies every layer of statefn answers errors with.
 import StatefnJSON
+import StatefnText
 
 /// A response. The server adds `X-Request-Id` itself; `Content-Length` is always computed from `body`.
 public struct HTTPResponse: Sendable {
@@ -78,7 +79,7 @@ public struct HTTPResponse: Sendable {
 
 /// Appends `text` as a quoted JSON string (RFC 8259 escaping; non-ASCII stays UTF-8).
 private func appendJSONString(_ text: String, to out: inout [UInt8]) {
-    let hex = Array("0123456789abcdef".utf8)
+    let hex = Hex.digits
     out.append(UInt8(ascii: "\""))
     for byte in text.utf8 {
         switch byte {

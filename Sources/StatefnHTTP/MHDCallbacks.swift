@@ -2,6 +2,7 @@
 // formed in main-actor code would carry that isolation and trap when called from a C thread.
 import CMicroHTTPD
 import Glibc
+import StatefnText
 
 /// Called once when the headers are in, once per piece of body, once at the end of the body, and once more after
 /// the connection is resumed. `contextSlot` is the request's `con_cls`.
@@ -55,10 +56,3 @@ func logMessage(cls: UnsafeMutableRawPointer?, format: UnsafePointer<CChar>?, ar
     Unmanaged<ServerCore>.fromOpaque(cls).takeUnretainedValue().logger.notice("libmicrohttpd: \(message)")
 }
 
-extension String {
-    fileprivate func trimmingSuffix(while predicate: (Character) -> Bool) -> String {
-        var text = self[...]
-        while let last = text.last, predicate(last) { text = text.dropLast() }
-        return String(text)
-    }
-}

@@ -1,6 +1,7 @@
 // Query-string decoding. libmicrohttpd is told to leave escapes alone (so the path reaches the router raw), which
 // means query names and values arrive encoded and are decoded here.
 import Glibc
+import StatefnText
 
 /// Decodes `application/x-www-form-urlencoded` text: '+' is a space and "%HH" a byte. A '%' not followed by two hex
 /// digits is kept as it is; bytes that are not UTF-8 become U+FFFD.
@@ -18,8 +19,8 @@ func percentDecoded(_ text: UnsafePointer<CChar>) -> String {
             let byte = input[index]
             if byte == UInt8(ascii: "+") {
                 output.append(UInt8(ascii: " "))
-            } else if byte == UInt8(ascii: "%"), index + 2 < length, let high = hexValue(input[index + 1]),
-                let low = hexValue(input[index + 2])
+            } else if byte == UInt8(ascii: "%"), index + 2 < length, let high = Hex.value(of: input[index + 1]),
+                let low = Hex.value(of: input[index + 2])
             {
                 output.append(high << 4 | low)
                 index += 2
@@ -29,14 +30,5 @@ func percentDecoded(_ text: UnsafePointer<CChar>) -> String {
             index += 1
         }
         return String(decoding: output, as: UTF8.self)
-    }
-}
-
-private func hexValue(_ byte: UInt8) -> UInt8? {
-    switch byte {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-    default: nil
     }
 }

@@ -1,5 +1,6 @@
 // Request ids: the client's own if it is safe to echo into headers and logs, else a fresh one.
 import Synchronization
+import StatefnText
 
 enum RequestID {
     /// The client's X-Request-Id when it is 1–128 printable ASCII characters (0x21–0x7E), else a new id.
@@ -19,7 +20,7 @@ enum RequestID {
         var bits = mix(seed &+ counter.wrappingAdd(1, ordering: .relaxed).oldValue)
         return String(unsafeUninitializedCapacity: 15) { buffer in
             for index in 0..<15 {
-                buffer[index] = hexDigits[Int(bits & 0xF)]
+                buffer[index] = Hex.digits[Int(bits & 0xF)]
                 bits >>= 4
             }
             return 15
@@ -36,5 +37,4 @@ enum RequestID {
 
     private static let seed = UInt64.random(in: .min ... .max)
     private static let counter = Atomic<UInt64>(0)
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 }

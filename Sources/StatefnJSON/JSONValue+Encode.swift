@@ -1,4 +1,5 @@
 // Encoding: compact JSON written straight into bytes, with numbers in the shortest form that reads back the same.
+import StatefnText
 
 extension JSONValue {
     /// Compact encoding (no spaces), numbers in the shortest form that round-trips, keys in stored order.
@@ -96,10 +97,9 @@ extension JSONValue {
         case 0x0D: out.append(UInt8(ascii: "r"))
         case 0x09: out.append(UInt8(ascii: "t"))
         default:
-            let hex: StaticString = "0123456789abcdef"
             out.append(contentsOf: "u00".utf8)
-            out.append(hex.utf8Start[Int(byte >> 4)])
-            out.append(hex.utf8Start[Int(byte & 0x0F)])
+            out.append(Hex.digits[Int(byte >> 4)])
+            out.append(Hex.digits[Int(byte & 0x0F)])
         }
     }
 }

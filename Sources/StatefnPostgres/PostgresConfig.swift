@@ -1,6 +1,7 @@
 // Connection settings, validated by libpq itself so a typo fails at start-up, not on the first request.
 import CLibPQ
 import Foundation
+import StatefnText
 
 /// Connection settings: a `postgres://` / `postgresql://` URL or a libpq key=value string, validated up front.
 public struct PostgresConfig: Sendable {
@@ -35,7 +36,7 @@ public struct PostgresConfig: Sendable {
     /// libpq quotes pieces of the input in its parse errors (`missing "=" after "…"`), which may be a password.
     /// Only quoted option names survive.
     static func redacted(_ message: String) -> String {
-        message.trimmingTrailingNewlines()
+        message.trimmingSuffix(while: \.isNewline)
             .split(separator: "\"", omittingEmptySubsequences: false)
             .enumerated()
             .map { index, part in index % 2 == 1 && !knownKeywords.contains(String(part)) ? "…" : String(part) }
@@ -55,10 +56,3 @@ public struct PostgresConfig: Sendable {
     }()
 }
 
-extension String {
-    func trimmingTrailingNewlines() -> String {
-        var text = Substring(self)
-        while text.last?.isNewline == true { text.removeLast() }
-        return String(text)
-    }
-}

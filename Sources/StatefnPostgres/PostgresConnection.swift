@@ -2,6 +2,7 @@
 // SQLSTATE. It makes blocking libpq calls, so only a pool slot's serial queue ever touches it.
 import CLibPQ
 import Foundation
+import StatefnText
 
 /// One libpq connection. Used only inside `PostgresPool.withConnection`, on the pool's dedicated thread, where
 /// blocking is allowed. Not Sendable: it never leaves that closure.
@@ -181,7 +182,7 @@ public final class PostgresConnection {
     }
 
     private static func message(of connection: OpaquePointer) -> String {
-        PQerrorMessage(connection).map { String(cString: $0).trimmingTrailingNewlines() } ?? "unknown libpq error"
+        PQerrorMessage(connection).map { String(cString: $0).trimmingSuffix(while: \.isNewline) } ?? "unknown libpq error"
     }
 
     /// PostgreSQL text cannot hold NUL, and libpq would silently cut the C string there.

@@ -2,6 +2,7 @@
 // so a failure can say why. Start-up only; never on the request path.
 import CLinux
 import Foundation
+import StatefnText
 
 struct ServerCommand {
     /// The exit status (128 + signal if killed) and everything the command printed on stdout and stderr.
@@ -68,7 +69,7 @@ struct ServerCommand {
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
         let exitStatus = clinux_wait_shell_status(status)
         let output = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
-        return Outcome(status: exitStatus, output: output.trimmingTrailingNewlines())
+        return Outcome(status: exitStatus, output: output.trimmingSuffix(while: \.isNewline))
     }
 
     /// Runs the command and throws, with its output, unless it exits 0.

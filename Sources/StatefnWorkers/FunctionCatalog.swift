@@ -2,6 +2,7 @@
 // manifests. Scanning never throws: a broken function is reported in `failures` and the others still load.
 import Glibc
 import StatefnJSON
+import StatefnText
 
 /// A function found in the functions directory.
 public struct FunctionDefinition: Sendable, Hashable {
@@ -50,11 +51,7 @@ public struct FunctionCatalog: Sendable, Equatable {
     }
 
     /// `[a-z][a-z0-9_-]{0,62}` (DESIGN.md section 2).
-    public static func isFunctionName(_ name: String) -> Bool {
-        let bytes = Array(name.utf8)
-        guard let first = bytes.first, bytes.count <= 63, first.isASCIILowercase else { return false }
-        return bytes.dropFirst().allSatisfy { $0.isASCIILowercase || $0.isASCIIDigit || $0 == 0x5F || $0 == 0x2D }
-    }
+    public static func isFunctionName(_ name: String) -> Bool { Names.isFunctionName(name) }
 
     private static func load(name: String, root: String) -> Result<FunctionDefinition, WorkerError> {
         let path = root + "/" + name

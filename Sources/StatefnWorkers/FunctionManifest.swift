@@ -1,6 +1,7 @@
 // A function's manifest (DESIGN.md section 3): parsed from `<name>.json` or `function.json`, strictly, so a typo in a
 // field name is reported at load time instead of silently falling back to a default.
 import StatefnJSON
+import StatefnText
 
 public enum WorkerMode: String, Sendable {
     case warm, fork
@@ -164,15 +165,5 @@ public struct FunctionManifest: Sendable, Hashable {
     }
 
     /// `[A-Za-z][A-Za-z0-9_.-]{0,62}` (DESIGN.md section 2).
-    static func isCommandName(_ name: String) -> Bool {
-        let bytes = Array(name.utf8)
-        guard let first = bytes.first, bytes.count <= 63, first.isASCIILetter else { return false }
-        return bytes.dropFirst().allSatisfy { $0.isASCIILetter || $0.isASCIIDigit || "_.-".utf8.contains($0) }
-    }
-}
-
-extension UInt8 {
-    var isASCIILetter: Bool { (0x41...0x5A).contains(self) || (0x61...0x7A).contains(self) }
-    var isASCIIDigit: Bool { (0x30...0x39).contains(self) }
-    var isASCIILowercase: Bool { (0x61...0x7A).contains(self) }
+    static func isCommandName(_ name: String) -> Bool { Names.isCommandName(name) }
 }

@@ -102,20 +102,18 @@ final class SandboxPreparation: Sendable {
 
     init(_ sandbox: WorkerSandbox) { self.sandbox = sandbox }
 
-    /// The function's scratch directory and ruleset, made now if this is its first spawn.
+    /// The function's scratch directory and ruleset, made now if this is its first spawn. Made under the lock:
+    /// the first spawns of a function race on the spawn threads, and one must not see another's directory between
+    /// its mkdir and its chown.
     func prepare(_ function: FunctionDefinition) throws(WorkerError) -> Prepared {
-        if let done = prepared.withLock({ $0[function.name] }) { return done }
-        var made = Prepared(scratch: nil, ruleset: -1)
-        if let root = sandbox.scratchRoot {
-            made.scratch = try makeScratch(root + "/" + function.name)
-        }
-        if let abi = sandbox.landlockABI {
-            made.ruleset = try ruleset(abi: abi, scratch: made.scratch)
-        }
-        return prepared.withLock { table in
-            if let raced = table[function.name] {
-                if made.ruleset >= 0 { System.close(made.ruleset) }
-                return raced
+        try prepared.withLock { (table: inout [String: Prepared]) throws(WorkerError) -> Prepared in
+            if let done = table[function.name] { return done }
+            var made = Prepared(scratch: nil, ruleset: -1)
+            if let root = sandbox.scratchRoot {
+                made.scratch = try makeScratch(root + "/" + function.name)
+            }
+            if let abi = sandbox.landlockABI {
+                made.ruleset = try ruleset(abi: abi, scratch: made.scratch)
             }
             table[function.name] = made
             return made

@@ -2,6 +2,7 @@
 // authentication on. Created on first start, kept in <data-dir>/dev-key (mode 0600), reused while it still works.
 import StatefnAuth
 import StatefnCore
+import StatefnText
 
 #if canImport(Glibc)
     import Glibc
@@ -13,7 +14,7 @@ enum DevKey {
     /// The key's token and file; a key that was revoked, expired or deleted is replaced.
     static func ensure(store: APIKeyStore, dataDirectory: String) async throws -> (token: String, path: String) {
         let path = dataDirectory + "/dev-key"
-        if let text = readFile(path), let key = APIKey(parsing: text.trimmingCharacters(in: " \n\r\t")),
+        if let text = readFile(path), let key = APIKey(parsing: text.trimming(while: \.isWhitespace)),
             let record = try await store.lookup(id: key.id),
             APIKey.constantTimeEqual(key.secretHash, record.secretHash), !record.isRevoked, record.expiresAtEpoch == nil
         {
@@ -46,11 +47,6 @@ struct DevKeyError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-extension String {
-    fileprivate func trimmingCharacters(in set: String) -> String {
-        String(drop(while: { set.contains($0) }).reversed().drop(while: { set.contains($0) }).reversed())
-    }
-}
 
 /// A line for the person at the terminal, on stderr.
 func printError(_ text: String) {

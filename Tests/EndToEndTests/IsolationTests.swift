@@ -140,7 +140,8 @@ struct IsolationTests {
             let http = gateway.client()
             return try (0..<500).map { _ in try http.request("POST", "/v1/quickfork/ping", body: "{}").status }
         }.flatMap { $0 }
-        #expect(statuses.allSatisfy { $0 == 200 }, "\(Dictionary(grouping: statuses) { $0 }.mapValues(\.count))")
+        let errors = gateway.logs.filter { $0.contains("\"level\":\"error\"") }.prefix(5)
+        #expect(statuses.allSatisfy { $0 == 200 }, "\(Dictionary(grouping: statuses) { $0 }.mapValues(\.count)): \(errors)")
         #expect(!gateway.logs.contains { $0.contains("killing a process a worker left behind") }, "a fork run was killed")
     }
 
