@@ -127,21 +127,24 @@ final class SandboxPreparation: Sendable {
             gid: sandbox.account.map { Int32(bitPattern: $0.gid) } ?? -1, landlock: prepared.ruleset)
     }
 
-    /// A directory only the worker account may use. One that exists must be a real directory (not a link a
-    /// worker planted) owned by that account.
+    /// A directory only the worker account may use. The scratch root is writable by the gateway's account alone,
+    /// so whatever is there was made by a statefn (this one, another replica on the same data directory that is
+    /// between its mkdir and its chown, or one run with another --worker-user): it must be a real directory, and
+    /// it is given to this account.
     private func makeScratch(_ path: String) throws(WorkerError) -> String {
-        let owner = sandbox.account?.uid ?? getuid()
-        if mkdir(path, 0o700) == 0 {
-            if let account = sandbox.account, chown(path, account.uid, account.gid) != 0 {
-                throw WorkerError(.spawnFailed, "cannot give \(path) to \(account.name): \(Errno.current)")
-            }
-        } else if errno != EEXIST {
+        guard mkdir(path, 0o700) == 0 || errno == EEXIST else {
             throw WorkerError(.spawnFailed, "cannot create the scratch directory \(path): \(Errno.current)")
         }
         var info = stat()
-        guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == owner else {
-            throw WorkerError(.spawnFailed, "the scratch directory \(path) is not a directory of uid \(owner)")
+        guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            throw WorkerError(.spawnFailed, "the scratch directory \(path) is not a directory")
         }
+        if let account = sandbox.account, info.st_uid != account.uid || info.st_gid != account.gid {
+            guard chown(path, account.uid, account.gid) == 0 else {
+                throw WorkerError(.spawnFailed, "cannot give \(path) to \(account.name): \(Errno.current)")
+            }
+        }
+        if info.st_mode & 0o077 != 0 { chmod(path, 0o700) }
         return path
     }
 
