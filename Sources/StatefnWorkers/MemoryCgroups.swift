@@ -170,34 +170,3 @@ struct WorkerCgroup: Sendable {
         return oomKilled
     }
 }
-
-/// A whole small file, or nil if it cannot be read or is over `limit` bytes.
-func readFile(_ path: String, limit: Int) -> [UInt8]? {
-    guard case .success(let fd) = System.open(path) else { return nil }
-    defer { System.close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-    while true {
-        guard case .success(let count) = chunk.withUnsafeMutableBytes({ System.read(fd, into: $0) }) else {
-            return nil
-        }
-        if count == 0 { return bytes }
-        bytes += chunk[..<count]
-        if bytes.count > limit { return nil }
-    }
-}
-
-/// `readFile` as text, for /proc and cgroup files (small, and never blocking on I/O).
-func readText(_ path: String) -> String? {
-    readFile(path, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) }
-}
-
-/// Writes `text` to a cgroup control file in one write(2), as the kernel wants; false if it refused (errno says
-/// why).
-func writeWholeFile(_ path: String, _ text: String) -> Bool {
-    guard case .success(let fd) = System.open(path, writing: true) else { return false }
-    defer { System.close(fd) }
-    let bytes = Array(text.utf8)
-    guard case .success(let count) = bytes.withUnsafeBytes({ System.write(fd, $0) }) else { return false }
-    return count == bytes.count
-}

@@ -15,8 +15,6 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
     private var machine: Machine
     private var deadline: EventLoop.Timer?
     private var initTimer: EventLoop.Timer?
-    /// The answer the line being handled carried, for the `.deliver` it leads to.
-    private var answer: Result<JSONValue, WorkerError>?
 
     init(id: Int, function: FunctionDefinition, process: WorkerProcess, pool: WorkerPool) {
         self.id = id
@@ -73,11 +71,10 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
         // The answer is here, so a deadline for a request sent directly would only be cancelled again.
         adoptDirectlySent(armDeadline: false)
         let parsed = WorkerProtocol.parse(line, truncated: truncated, limit: process.stdoutLineLimit)
-        answer = machine.inFlight.map { WorkerProtocol.answer(parsed, to: $0.id) }
+        let answer = machine.inFlight.map { WorkerProtocol.answer(parsed, to: $0.id) }
         let valid = if case .success = answer { true } else { false }
         let actions = machine.line(isReady: WorkerProtocol.isReady(parsed), validAnswer: valid, truncated: truncated)
-        perform(actions, lineBytes: line.count)
-        answer = nil
+        perform(actions, answer: answer, lineBytes: line.count)
     }
 
     private func exited(_ status: ExitStatus) {
@@ -93,7 +90,11 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
 
     // MARK: Carrying out the machine's actions
 
-    private func perform(_ actions: [Machine.Action], lineBytes: Int = 0, status: ExitStatus? = nil) {
+    /// `answer` is the line's, for the `.deliver` a line leads to; `status` the exit's, for the failures it leads to.
+    private func perform(
+        _ actions: [Machine.Action], answer: Result<JSONValue, WorkerError>? = nil, lineBytes: Int = 0,
+        status: ExitStatus? = nil
+    ) {
         for action in actions {
             switch action {
             case .send(let request):
@@ -114,7 +115,7 @@ final class WarmWorker: @unchecked Sendable {  // confined to the event loop thr
                 if let timer = deadline { pool.loop.cancel(timer) }
                 deadline = nil
             case .deliver(let request):
-                let answer = self.answer ?? .failure(WorkerError(.invalidResponse, "no answer"))
+                let answer = answer ?? .failure(WorkerError(.invalidResponse, "no answer"))
                 if case .failure(let error) = answer {
                     pool.logger.warning(
                         "replacing worker: \(error.detail)",

@@ -60,8 +60,7 @@ extension DatabaseSettings {
     var clusterDirectory: String {
         let dataDirectory = absolutePath(dataDirectory)
         guard getuid() == 0, !othersCanTraverse(dataDirectory) else { return dataDirectory + "/pg" }
-        let key = dataDirectory.split(separator: "/").joined(separator: "_")
-        return "/var/lib/statefn/\(key)/pg"
+        return systemDirectory(for: dataDirectory, "pg")
     }
 
     func migrator() throws -> Migrator {
@@ -99,6 +98,12 @@ func absolutePath(_ path: String) -> String {
     guard getcwd(&buffer, buffer.count) != nil else { return path }
     let cwd = string(fromNulTerminated: buffer)
     return path == "." ? cwd : cwd + "/" + (path.hasPrefix("./") ? String(path.dropFirst(2)) : path)
+}
+
+/// `/var/lib/statefn/<data-dir path>/<name>`: where something that belongs under `<data-dir>` goes when the account
+/// that must reach it cannot pass through to `<data-dir>` (a checkout under /root, say).
+func systemDirectory(for dataDirectory: String, _ name: String) -> String {
+    "/var/lib/statefn/\(dataDirectory.split(separator: "/").joined(separator: "_"))/\(name)"
 }
 
 /// Whether every existing directory on the way to `path` lets other users through (o+x).

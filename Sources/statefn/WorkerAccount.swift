@@ -104,7 +104,7 @@ private func makeDataDirectoryPrivate(_ path: String) throws {
 private func scratchRoot(dataDirectory: String, account: ServerAccount?) throws -> String {
     var root = dataDirectory + "/scratch"
     if let account, account.firstUnsearchableDirectory(on: root) != nil {
-        root = "/var/lib/statefn/\(dataDirectory.split(separator: "/").joined(separator: "_"))/scratch"
+        root = systemDirectory(for: dataDirectory, "scratch")
     }
     do {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
