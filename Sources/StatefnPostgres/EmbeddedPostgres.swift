@@ -15,13 +15,18 @@ import Glibc
 public final class EmbeddedPostgres: Sendable {
     private let directory: String
     private let logger: Logger
+    private let flushesToDisk: Bool
     private static let port = 5432
     /// sockaddr_un's path holds 108 bytes with the terminating NUL.
     private static let maxSocketPathBytes = 107
 
-    /// `directory` holds the cluster (created on first start, kept across restarts).
-    public init(directory: String, logger: Logger) {
+    /// `directory` holds the cluster (created on first start, kept across restarts). `flushesToDisk` false turns
+    /// fsync off: for the tests' throwaway clusters only, where an operating-system crash loses nothing of value
+    /// and a slow disk would otherwise stall every test at once. A server crash (the tests' restarts) still loses
+    /// nothing committed, because the kernel holds the written pages.
+    public init(directory: String, logger: Logger, flushesToDisk: Bool = true) {
         self.directory = URL(fileURLWithPath: directory).standardizedFileURL.path
+        self.flushesToDisk = flushesToDisk
         var logger = logger
         logger[metadataKey: "pg_directory"] = "\(self.directory)"
         self.logger = logger
@@ -275,7 +280,7 @@ public final class EmbeddedPostgres: Sendable {
             port = \(Self.port)
             unix_socket_directories = '\(Self.settingQuoted(socketDirectory))'
             max_connections = 200
-            fsync = on
+            fsync = \(flushesToDisk ? "on" : "off")
             password_encryption = 'scram-sha-256'
 
             """

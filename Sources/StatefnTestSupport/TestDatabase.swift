@@ -44,7 +44,7 @@ public enum TestDatabase {
 
     private static let shared: Result<Running, PostgresError> = {
         let directory = makeTemporaryDirectory()
-        let cluster = EmbeddedPostgres(directory: directory + "/data", logger: logger)
+        let cluster = EmbeddedPostgres(directory: directory + "/data", logger: logger, flushesToDisk: false)
         do throws(PostgresError) {
             let conninfo = try cluster.start()
             atexit { TestDatabase.stopShared() }

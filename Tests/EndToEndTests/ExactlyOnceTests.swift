@@ -67,9 +67,10 @@ struct ExactlyOnceTests {
         return -1
     }
 
-    /// Waits (up to 10 s) until a worker of `function` is busy on `gateway`: a request is in the worker.
+    /// Waits (up to 60 s: a loaded machine can take seconds to bring a request that far) until a worker of
+    /// `function` is busy on `gateway`: a request is in the pool, on a worker or on one starting for it.
     static func waitUntilBusy(_ gateway: GatewayProcess, _ function: String) async throws {
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             let listing = try json(try await get(gateway, "/v1/functions"))
             let entry = listing["functions"]?.arrayValue?.first { $0["name"]?.stringValue == function }
@@ -316,21 +317,21 @@ struct ExactlyOnceTests {
     @Test("a repeat while the first is running waits for it, or gets 409 with Retry-After past --idempotency-wait")
     func repeatWhileRunning() async throws {
         let database = try await TestDatabase.createDatabase()
-        let gateway = try await Self.replicas(1, database: database, arguments: ["--idempotency-wait", "5s"])[0]
+        let gateway = try await Self.replicas(1, database: database, arguments: ["--idempotency-wait", "30s"])[0]
         let key = ["Idempotency-Key": "slow-1"]
-        async let first = Self.post(gateway, "/v1/register/s/slow", #"{"seconds":3}"#, headers: key)
+        async let first = Self.post(gateway, "/v1/register/s/slow", #"{"seconds":6}"#, headers: key)
         try await Self.waitUntilBusy(gateway, "register")
-        let repeated = try await Self.post(gateway, "/v1/register/s/slow", #"{"seconds":3}"#, headers: key)
+        let repeated = try await Self.post(gateway, "/v1/register/s/slow", #"{"seconds":6}"#, headers: key)
         let original = try await first
         #expect(original.status == 200 && original.text == #"{"n":1}"#)
         #expect(repeated.status == 200 && repeated.text == #"{"n":1}"# && repeated.headers["idempotent-replayed"] == "true")
         #expect(gateway.stop() == 0)
 
         let impatient = try await Self.replicas(1, database: database, arguments: ["--idempotency-wait", "200ms"])[0]
-        async let second = Self.post(impatient, "/v1/register/s/slow", #"{"seconds":4}"#, headers: ["Idempotency-Key": "slow-2"])
+        async let second = Self.post(impatient, "/v1/register/s/slow", #"{"seconds":6}"#, headers: ["Idempotency-Key": "slow-2"])
         try await Self.waitUntilBusy(impatient, "register")
         let refused = try await Self.post(
-            impatient, "/v1/register/s/slow", #"{"seconds":4}"#, headers: ["Idempotency-Key": "slow-2"])
+            impatient, "/v1/register/s/slow", #"{"seconds":6}"#, headers: ["Idempotency-Key": "slow-2"])
         #expect(refused.status == 409 && refused.headers["retry-after"] != nil)
         #expect(try await second.text == #"{"n":2}"#)
         #expect(impatient.stop() == 0)
@@ -340,11 +341,13 @@ struct ExactlyOnceTests {
     func idempotencyExpiry() async throws {
         let database = try await TestDatabase.createDatabase()
         let gateway = try await Self.replicas(
-            1, database: database, arguments: ["--idempotency-ttl", "3s", "--outbox-lease", "2s"])[0]
+            1, database: database, arguments: ["--idempotency-ttl", "10s", "--outbox-lease", "5s"])[0]
         var response = try await Self.post(gateway, "/v1/register/t/incr", headers: ["Idempotency-Key": "t-1"])
         #expect(response.status == 200)
-        #expect(try await Self.sql(database, "SELECT count(*) FROM idempotency").first?[0] == "1")
-        let deadline = Date().addingTimeInterval(15)
+        // 10 s, so that a loaded machine's stall between the answer and this query cannot outlast the record.
+        let kept = try await Self.sql(database, "SELECT count(*) FROM idempotency").first?[0]
+        #expect(kept == "1")
+        let deadline = Date().addingTimeInterval(40)
         var left = "1"
         while left != "0", Date() < deadline {
             try await Task.sleep(for: .milliseconds(200))
@@ -448,8 +451,9 @@ struct ExactlyOnceTests {
     func graceRunsOut() async throws {
         let database = try await TestDatabase.createDatabase()
         let gateway = try await Self.replicas(1, database: database, arguments: ["--grace-period", "1"])[0]
-        // Long enough that the grace (1 s) runs out before it answers, however loaded the machine that runs the test.
-        async let slow = Self.post(gateway, "/v1/register/g/slow", #"{"seconds":6}"#)
+        // Far longer than the grace (1 s), and than a loaded machine takes to bring it to a worker: stopping the
+        // gateway kills the worker, so the test does not wait for it.
+        async let slow = Self.post(gateway, "/v1/register/g/slow", #"{"seconds":45}"#)
         try await Self.waitUntilBusy(gateway, "register")
         let stopped = try await onThread { gateway.stop() }
         let response = try await slow

@@ -197,7 +197,7 @@ extension FaultCheckerTests {
             counters = (0..<10).map { "e\($0)" }
             sets = (0..<max(10, operations / 1000)).map { "s\($0)" }
             directory = TestDatabase.makeTemporaryDirectory()
-            postgres = EmbeddedPostgres(directory: directory + "/data", logger: TestDatabase.logger)
+            postgres = EmbeddedPostgres(directory: directory + "/data", logger: TestDatabase.logger, flushesToDisk: false)
             do {
                 conninfo = try postgres.start()
             } catch {
