@@ -25,6 +25,9 @@ public struct CommitterConfiguration: Sendable {
     public var idempotencyTTL: Duration = .seconds(24 * 3600)
     /// How long a repeat waits for the first call under its key, still running in this gateway, before a 409.
     public var idempotencyWait: Duration = .seconds(10)
+    /// How many group commit statements may be on their way at once (GroupCommit.swift). One keeps the batches
+    /// largest, and was fastest on a 2-core machine; a database with many cores, far away, may want more.
+    public var commitLanes = 1
     public init() {}
 }
 
@@ -55,7 +58,7 @@ final class Committer: Sendable {
     private let configuration: CommitterConfiguration
     private let store: EntityStore
     private let cache: StateCache
-    private let mailboxes = EntityMailboxes()
+    private let mailboxes = EntityMailboxes<Member, Result<HTTPResponse, any Error>>()
     private let inFlight = IdempotencyInFlight()
     private let gate = Mutex(CommitGate())
     private let logger: Logger
@@ -81,7 +84,11 @@ final class Committer: Sendable {
 
     /// Runs `input`'s command through `worker` and commits what it returns; the response is the client's answer.
     func execute(_ input: CommandInput, worker: @escaping Worker) async throws -> HTTPResponse {
-        let run = { try await self.mailboxes.run(input.key) { try await self.commitLoop(input, worker) } }
+        let run = {
+            try await self.mailboxes.run(
+                input.key, Member(input: input, worker: worker), maxBatch: Self.maxBatch, joins: Self.joins
+            ) { await self.commitLoop($0) }.get()
+        }
         guard let claim = input.claim else { return try await run() }
         return try await inFlight.run(claim, wait: configuration.idempotencyWait, run)
     }
@@ -122,106 +129,186 @@ final class Committer: Sendable {
         gate.withLock { $0.active -= 1 }
     }
 
-    private func commitLoop(_ input: CommandInput, _ worker: Worker) async throws -> HTTPResponse {
+    /// One command in a batch: its input, the way to run its worker, and its answer once it has one.
+    private struct Member: Sendable {
+        var input: CommandInput
+        var worker: Worker
+    }
+
+    /// At most this many commands of one entity run in one batch (one after another) and commit together.
+    private static let maxBatch = 64
+
+    /// Whether a queued command may join a batch: not one with If-Match, which is checked against the database
+    /// on a version of its own.
+    private static func joins(_ member: Member) -> Bool { member.input.expectedVersion == nil }
+
+    /// What one run of the batch decided for one member.
+    private struct Decided {
+        var index: Int
+        var decision: Decision
+    }
+
+    /// Runs a batch of one entity's commands, each on the state the one before it left, and commits what they
+    /// decided in one commit: the last state, every event, effect and idempotency record, and one version per
+    /// command that changed the state. Each member is answered only once that commit has landed. A lost
+    /// compare-and-set runs them all again on a fresh read, within the budget. A member that fails on its own (its
+    /// worker crashed, its state is too big) gets its error, and the others go on as if it had not been sent.
+    private func commitLoop(_ members: [Member]) async -> [Result<HTTPResponse, any Error>] {
+        var answers = [Result<HTTPResponse, any Error>?](repeating: nil, count: members.count)
+        let key = members[0].input.key
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: configuration.conflictBudget)
         var attempt = 0
         while true {
             attempt += 1
-            if let claim = input.claim, let stored = try await store.record(for: claim) {
-                guard stored.fingerprint == claim.fingerprint else {
-                    throw GatewayError(
-                        422, "this Idempotency-Key was used for a different request; use a new key for a new request")
-                }
-                return stored.response()
-            }
-            // If-Match is checked against the database, and every run after the first reads afresh.
-            let cached = attempt == 1 && input.expectedVersion == nil ? cache.get(input.key) : nil
-            let snapshot: EntitySnapshot
-            var snapshotBytes = 0
-            if let cached {
-                snapshot = cached
-            } else {
-                (snapshot, snapshotBytes) = try await store.loadMeasured(input.key)
-            }
-            if let expected = input.expectedVersion, expected != snapshot.version {
-                throw GatewayError(412, "the entity is at version \(snapshot.version), not \(expected)")
-            }
-
-            let decided = try await decide(input, snapshot: snapshot, worker: worker)
-            var request = decided.commit
-            if let claim = input.claim {
-                let record = CommitRequest.IdempotencyRecord(
-                    claim: claim, answer: decided.stored(claim.fingerprint),
-                    ttlMs: Int64(configuration.idempotencyTTL.components.seconds) * 1000)
-                if request == nil { request = .versionCheck(input.key, at: snapshot.version, principal: input.principal) }
-                request!.record = record
-            }
-            guard let request = request ?? (cached != nil ? .versionCheck(input.key, at: snapshot.version) : nil) else {
-                // Ran on state just read from the database, and changed nothing: the read is the answer's moment.
-                cache.put(input.key, snapshot, encodedBytes: snapshotBytes)
-                return try decided.response()
-            }
-
-            switch try await commitThroughGate(request, lease: input.lease) {
-            case .committed(let version):
-                if let soonest = request.effects.map(\.delayMs).min() { onEffects(soonest) }
-                if !request.events.isEmpty { onEvents() }
-                switch request.change {
-                case .replace(let encoded):
-                    cache.put(
-                        input.key, EntitySnapshot(state: decided.newState, version: version),
-                        encodedBytes: encoded.utf8.count)
-                case .delete: cache.put(input.key, EntitySnapshot(state: .null, version: version), encodedBytes: 4)
-                case .unchanged where cached == nil: cache.put(input.key, snapshot, encodedBytes: snapshotBytes)
-                case .unchanged: break
-                }
-                return try decided.response()
-            case let outcome:  // .conflict or .notLanded: run again on a fresh read, within the budget
-                cache.remove(input.key)
-                RequestMetrics.conflict(outcome == .conflict ? .version : .notLanded)
-                logger.debug(
-                    outcome == .conflict ? "version conflict" : "commit did not land; running again",
-                    metadata: ["function": "\(input.key.function)", "attempt": "\(attempt)"])
-                let now = clock.now
-                // A lost race is always run again once, however slow the first run was; the budget decides after.
-                guard now < deadline || attempt == 1 else {
-                    // A commit read back after a lost COMMIT, or a twin through another replica, may have stored
-                    // this key's answer just now: that answer, not an error, is the truth.
-                    if let claim = input.claim, let stored = try await store.record(for: claim),
-                        stored.fingerprint == claim.fingerprint
-                    {
-                        return stored.response()
+            do {
+                // Answers already stored under a member's key are replayed; those members do not run.
+                for (index, member) in members.enumerated() where answers[index] == nil {
+                    if let claim = member.input.claim, let stored = try await store.record(for: claim) {
+                        answers[index] =
+                            stored.fingerprint == claim.fingerprint
+                            ? .success(stored.response())
+                            : .failure(
+                                GatewayError(
+                                    422,
+                                    "this Idempotency-Key was used for a different request; use a new key for a new"
+                                        + " request"))
                     }
-                    if case .notLanded(let certain) = outcome {
-                        throw GatewayError(
-                            503,
-                            certain
-                                ? "the database kept failing the commit; nothing was committed after \(attempt) runs in"
-                                    + " \(configuration.conflictBudget); try again"
-                                : "the commit's outcome is unknown: the database connection was lost as it committed,"
-                                    + " and the command may or may not have taken effect; retry with the same"
-                                    + " Idempotency-Key to be safe",
-                            headers: [(name: "Retry-After", value: "1")])
-                    }
-                    throw GatewayError(
-                        409,
-                        "the entity kept changing; gave up after \(attempt) runs in \(configuration.conflictBudget)",
-                        headers: [(name: "Retry-After", value: "1")])
                 }
-                // Full jitter over an exponential ceiling (4 ms doubling to 64 ms), cut to what the budget leaves.
-                let ceiling = Double(2 << min(attempt, 5)) / 1000
-                let pause = min(Duration.seconds(Double.random(in: 0...ceiling)), max(.zero, deadline - now))
-                try await Task.sleep(for: pause)
+                let running = members.indices.filter { answers[$0] == nil }
+                guard let first = running.first else { return answers.map { $0! } }
+
+                // If-Match is checked against the database, and every run after the first reads afresh.
+                let cached = attempt == 1 && members[first].input.expectedVersion == nil ? cache.get(key) : nil
+                let snapshot: EntitySnapshot
+                var snapshotBytes = 0
+                if let cached {
+                    snapshot = cached
+                } else {
+                    (snapshot, snapshotBytes) = try await store.loadMeasured(key)
+                }
+                if let expected = members[first].input.expectedVersion, expected != snapshot.version {
+                    answers[first] = .failure(GatewayError(412, "the entity is at version \(snapshot.version), not \(expected)"))
+                    continue
+                }
+
+                // Each member runs on the state the one before it left.
+                var current = snapshot
+                var combined = CommitRequest(
+                    key: key, seenVersion: snapshot.version, change: .unchanged, events: [], effects: [], principal: "null")
+                combined.steps = 0
+                var decided: [Decided] = []
+                for index in running {
+                    let input = members[index].input
+                    let decision: Decision
+                    do {
+                        decision = try await decide(input, snapshot: current, worker: members[index].worker)
+                    } catch {
+                        answers[index] = .failure(error)
+                        continue
+                    }
+                    if let commit = decision.commit {
+                        if case .unchanged = commit.change {} else {
+                            combined.change = commit.change
+                            combined.steps += 1
+                            current = EntitySnapshot(state: decision.newState, version: commit.versionAfter)
+                        }
+                        combined.events += commit.events
+                        combined.effects += commit.effects
+                    }
+                    if let claim = input.claim {
+                        combined.records.append(
+                            .init(
+                                claim: claim, answer: decision.stored(claim.fingerprint),
+                                ttlMs: Int64(configuration.idempotencyTTL.components.seconds) * 1000))
+                    }
+                    decided.append(Decided(index: index, decision: decision))
+                }
+                if case .unchanged = combined.change { combined.steps = 1 }
+                guard !decided.isEmpty else { continue }  // every member failed alone: their errors are their answers
+
+                let outcome: CommitOutcome
+                if combined.isVersionCheck && cached == nil {
+                    // Ran on state just read from the database, and changed nothing: the read is the answers' moment.
+                    cache.put(key, snapshot, encodedBytes: snapshotBytes)
+                    outcome = .committed(version: snapshot.version)
+                } else {
+                    outcome = try await commitThroughGate(combined, leases: decided.map { members[$0.index].input.lease })
+                }
+                switch outcome {
+                case .committed(let version):
+                    if let soonest = combined.effects.map(\.delayMs).min() { onEffects(soonest) }
+                    if !combined.events.isEmpty { onEvents() }
+                    switch combined.change {
+                    case .replace(let encoded):
+                        cache.put(key, EntitySnapshot(state: current.state, version: version), encodedBytes: encoded.utf8.count)
+                    case .delete: cache.put(key, EntitySnapshot(state: .null, version: version), encodedBytes: 4)
+                    case .unchanged where cached == nil: cache.put(key, snapshot, encodedBytes: snapshotBytes)
+                    case .unchanged: break
+                    }
+                    for member in decided { answers[member.index] = Result { try member.decision.response() } }
+                    return answers.map { $0! }
+                case let outcome:  // .conflict or .notLanded: run again on a fresh read, within the budget
+                    cache.remove(key)
+                    RequestMetrics.conflict(outcome == .conflict ? .version : .notLanded)
+                    logger.debug(
+                        outcome == .conflict ? "version conflict" : "commit did not land; running again",
+                        metadata: [
+                            "function": "\(key.function)", "attempt": "\(attempt)", "commands": "\(decided.count)",
+                        ])
+                    let now = clock.now
+                    // A lost race is always run again once, however slow the first run was; the budget decides after.
+                    if now < deadline || attempt == 1 {
+                        // Full jitter over an exponential ceiling (4 ms doubling to 64 ms), cut to what the budget leaves.
+                        let ceiling = Double(2 << min(attempt, 5)) / 1000
+                        let pause = min(Duration.seconds(Double.random(in: 0...ceiling)), max(.zero, deadline - now))
+                        try await Task.sleep(for: pause)
+                        continue
+                    }
+                    for member in decided {
+                        answers[member.index] = await result {
+                            try await self.giveUp(members[member.index].input, outcome: outcome, attempts: attempt)
+                        }
+                    }
+                    return answers.map { $0! }
+                }
+            } catch {
+                // The database failed the batch as a whole (a read, or the commit): every member not yet answered
+                // gets that error.
+                for index in members.indices where answers[index] == nil { answers[index] = .failure(error) }
+                return answers.map { $0! }
             }
         }
     }
 
-    private func commitThroughGate(_ request: CommitRequest, lease: CommitLease) async throws -> CommitOutcome {
-        if !lease.held.load(ordering: .acquiring) {
+    /// The answer to a command whose commits kept losing until the budget was spent: its stored answer, when a
+    /// commit read back after a lost COMMIT (or a twin through another replica) stored one just now; otherwise 409,
+    /// or 503 when the commit kept failing rather than losing.
+    private func giveUp(_ input: CommandInput, outcome: CommitOutcome, attempts: Int) async throws -> HTTPResponse {
+        if let claim = input.claim, let stored = try await store.record(for: claim), stored.fingerprint == claim.fingerprint {
+            return stored.response()
+        }
+        if case .notLanded(let certain) = outcome {
+            throw GatewayError(
+                503,
+                certain
+                    ? "the database kept failing the commit; nothing was committed after \(attempts) runs in"
+                        + " \(configuration.conflictBudget); try again"
+                    : "the commit's outcome is unknown: the database connection was lost as it committed, and the"
+                        + " command may or may not have taken effect; retry with the same Idempotency-Key to be safe",
+                headers: [(name: "Retry-After", value: "1")])
+        }
+        throw GatewayError(
+            409, "the entity kept changing; gave up after \(attempts) runs in \(configuration.conflictBudget)",
+            headers: [(name: "Retry-After", value: "1")])
+    }
+
+    private func commitThroughGate(_ request: CommitRequest, leases: [CommitLease]) async throws -> CommitOutcome {
+        let needed = leases.filter { !$0.held.load(ordering: .acquiring) }
+        if !needed.isEmpty {
             let open = gate.withLock { gate -> Bool in
                 guard !gate.closed else { return false }
-                gate.active += 1
+                gate.active += needed.count
                 return true
             }
             guard open else {
@@ -229,7 +316,7 @@ final class Committer: Sendable {
                     503, "the gateway is shutting down; nothing was committed",
                     headers: [(name: "Retry-After", value: "1")])
             }
-            lease.held.store(true, ordering: .releasing)
+            for lease in needed { lease.held.store(true, ordering: .releasing) }
         }
         let started = ContinuousClock.now
         defer { metrics.commit(elapsed: ContinuousClock.now - started) }

@@ -25,34 +25,56 @@ public struct EntityKey: Hashable, Sendable {
     }
 }
 
-final class EntityMailboxes: Sendable {
-    private let boxes = Mutex<[EntityKey: MailboxStateMachine<CheckedContinuation<Void, Never>>]>([:])
-
-    /// Runs `body` when every earlier command for `key` has finished, and before any later one starts.
-    func run<T: Sendable>(_ key: EntityKey, _ body: () async throws -> T) async throws -> T {
-        await acquire(key)
-        defer { release(key) }
-        return try await body()
+/// One mailbox per busy entity. The command that finds the entity free leads: it may take the commands queued
+/// behind it (those `joins` accepts, in arrival order, up to the first it does not) into one batch, which `body` runs
+/// one after another and commits once; each of them gets its own answer from that batch. Then the entity passes to
+/// the next command queued, which leads the next batch.
+final class EntityMailboxes<Member: Sendable, Answer: Sendable>: Sendable {
+    private enum Turn: Sendable {
+        case lead
+        case answered(Answer)
     }
 
-    /// How many commands wait behind the running one, across all entities.
+    private struct Waiter: Sendable {
+        var member: Member
+        var continuation: CheckedContinuation<Turn, Never>
+    }
+
+    private let boxes = Mutex<[EntityKey: MailboxStateMachine<Waiter>]>([:])
+
+    /// Runs `member` when every earlier command for `key` has finished, and before any later one starts: in a batch
+    /// of its own, led by it (with up to `maxBatch - 1` queued members `joins` accepts, when it accepts `member`),
+    /// or in the batch another member leads. `body` returns one answer per member, in order.
+    func run(
+        _ key: EntityKey, _ member: Member, maxBatch: Int, joins: @Sendable (Member) -> Bool,
+        _ body: ([Member]) async -> [Answer]
+    ) async -> Answer {
+        let turn = await withCheckedContinuation { (continuation: CheckedContinuation<Turn, Never>) in
+            let action = boxes.withLock { boxes in
+                boxes[key, default: MailboxStateMachine()].acquire(Waiter(member: member, continuation: continuation))
+            }
+            if case .run = action { continuation.resume(returning: .lead) }
+        }
+        if case .answered(let answer) = turn { return answer }
+        let mates =
+            maxBatch > 1 && joins(member)
+            ? boxes.withLock { $0[key]!.takeQueued(max: maxBatch - 1) { joins($0.member) } } : []
+        let answers = await body([member] + mates.map(\.member))
+        precondition(answers.count == mates.count + 1, "a batch of \(mates.count + 1) got \(answers.count) answers")
+        for (mate, answer) in zip(mates, answers.dropFirst()) { mate.continuation.resume(returning: .answered(answer)) }
+        release(key)
+        return answers[0]
+    }
+
+    /// How many commands wait behind the running ones, across all entities.
     var queuedCount: Int { boxes.withLock { $0.values.reduce(0) { $0 + $1.queued } } }
 
-    private func acquire(_ key: EntityKey) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let action = boxes.withLock { boxes in
-                boxes[key, default: MailboxStateMachine()].acquire(continuation)
-            }
-            if case .run = action { continuation.resume() }
-        }
-    }
-
     private func release(_ key: EntityKey) {
-        let action = boxes.withLock { boxes -> MailboxStateMachine<CheckedContinuation<Void, Never>>.ReleaseAction in
+        let action = boxes.withLock { boxes -> MailboxStateMachine<Waiter>.ReleaseAction in
             let action = boxes[key]!.release()
             if case .idle = action { boxes[key] = nil }
             return action
         }
-        if case .resume(let next) = action { next.resume() }
+        if case .resume(let next) = action { next.continuation.resume(returning: .lead) }
     }
 }

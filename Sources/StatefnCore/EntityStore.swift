@@ -16,7 +16,9 @@ public struct EntitySnapshot: Sendable, Equatable {
     public var exists: Bool { state != .null }
 }
 
-/// What one entity's command asks to commit. A request that changes nothing and carries nothing is a version check.
+/// What one entity's commit writes: one command's answer, or the answers of several commands of one entity that ran
+/// one after another, each on the state the one before it left (a hot entity's batch). A request that changes
+/// nothing and carries nothing is a version check.
 struct CommitRequest: Sendable {
     enum Change: Sendable {
         case unchanged
@@ -27,11 +29,18 @@ struct CommitRequest: Sendable {
     var key: EntityKey
     var seenVersion: Int64
     var change: Change
-    var events: [String]
+    /// How many versions the entity moves on (one per command that changed it), when the change is not `unchanged`.
+    var steps: Int64 = 1
+    var events: [Event]
     var effects: [Effect]
-    var principal: String
-    /// The idempotency record to write in the same transaction, if the request carried a key.
-    var record: IdempotencyRecord?
+    /// The idempotency records to write in the same transaction, one per command that carried a key.
+    var records: [IdempotencyRecord] = []
+
+    /// One event, with the principal of the command that emitted it.
+    struct Event: Sendable {
+        var payload: String
+        var principal: String
+    }
 
     struct Effect: Sendable {
         var function: String
@@ -47,16 +56,37 @@ struct CommitRequest: Sendable {
         var ttlMs: Int64
     }
 
+    init(
+        key: EntityKey, seenVersion: Int64, change: Change, events: [String], effects: [Effect], principal: String,
+        records: [IdempotencyRecord] = []
+    ) {
+        self.key = key
+        self.seenVersion = seenVersion
+        self.change = change
+        self.events = events.map { Event(payload: $0, principal: principal) }
+        self.effects = effects
+        self.records = records
+    }
+
     /// Only checks that the entity is still at `seenVersion`.
     var isVersionCheck: Bool {
-        if case .unchanged = change { return events.isEmpty && effects.isEmpty && record == nil }
+        if case .unchanged = change { return events.isEmpty && effects.isEmpty && records.isEmpty }
         return false
+    }
+
+    /// A change of an entity already written, with nothing else but, perhaps, idempotency records: what a group
+    /// statement carries. (A first write is an insert, and a statement may modify `entities` only once on
+    /// CockroachDB, so first writes go alone.)
+    var isGroupable: Bool {
+        guard events.isEmpty, effects.isEmpty, seenVersion > 0 else { return false }
+        if case .unchanged = change { return false }
+        return true
     }
 
     /// The version the entity has once this commits.
     var versionAfter: Int64 {
         if case .unchanged = change { return seenVersion }
-        return seenVersion + 1
+        return seenVersion + steps
     }
 }
 
@@ -88,10 +118,19 @@ final class EntityStore: Sendable {
     /// feeds; CockroachDB has none, and they poll.
     private let notifies: Bool
 
-    init(pool: PostgresPool, logger: Logger, notifies: Bool = false) {
+    /// Commits that change only state (and may remember an answer) share group statements, `commitLanes` at a
+    /// time (GroupCommit.swift).
+    private let groups: CommitGroups<CommitRequest, CommitOutcome>
+
+    init(pool: PostgresPool, logger: Logger, notifies: Bool = false, commitLanes: Int = 1) {
         self.pool = pool
         self.logger = logger
         self.notifies = notifies
+        // Two commits of one entity never share a statement (an upsert may not touch a row twice). The mailbox
+        // already keeps one commit per entity in flight in this gateway; this is the rule, not the common case.
+        groups = CommitGroups(lanes: commitLanes, maxBatch: 256) { request, batch in
+            !batch.contains { $0.key == request.key }
+        }
     }
 
     func load(_ key: EntityKey) async throws -> EntitySnapshot { try await loadMeasured(key).snapshot }
@@ -170,7 +209,60 @@ final class EntityStore: Sendable {
         Counter(label: "statefn_commit_retries_total", dimensions: [("sqlstate", sqlState ?? "unknown")]).increment()
     }
 
+    /// Commits one entity's request: through a group statement when it changes only state (and may carry an
+    /// idempotency record), else in a transaction of its own.
     func commit(_ request: CommitRequest) async throws -> CommitOutcome {
+        guard request.isGroupable else { return try await commitAlone(request) }
+        return try await groups.commit(request) { await self.commitGroup($0) }
+    }
+
+    /// One batch of groupable requests: one alone goes the way it always did; several go as one upsert (see
+    /// `groupStatement`). A batch the database refuses as a whole for one member's sake (a twin's idempotency
+    /// record, 23505) is committed again one by one, so that the failure stays that member's.
+    private func commitGroup(_ batch: [CommitRequest]) async -> [Result<CommitOutcome, any Error>] {
+        if batch.count == 1 { return [await result { try await commitAlone(batch[0]) }] }
+        var attempt = 1
+        while true {
+            do {
+                let committed = try await pool.withConnection { connection in
+                    let backend = connection.backendPID
+                    do {
+                        return try Self.commitGroup(batch, on: connection)
+                    } catch var error as OutcomeUnknown {
+                        error.backend = backend
+                        throw error
+                    }
+                }
+                return batch.map { .success(committed.contains($0.key) ? .committed(version: $0.versionAfter) : .conflict) }
+            } catch let error as PostgresError where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts {
+                Self.countRetry(sqlState: error.sqlState)
+                let base = 2 << min(attempt, 8)
+                try? await Task.sleep(for: .milliseconds(Int.random(in: base / 2...base)))
+                attempt += 1
+            } catch let error as PostgresError where error.code == .connectionFailed && attempt == 1 {
+                Self.countRetry(sqlState: error.sqlState ?? "08006")
+                attempt += 1
+            } catch is GroupRefused {
+                var results: [Result<CommitOutcome, any Error>] = []
+                for request in batch { results.append(await result { try await commitAlone(request) }) }
+                return results
+            } catch let error as OutcomeUnknown {
+                logger.warning(
+                    "group commit outcome unknown; reading back",
+                    metadata: ["commits": "\(batch.count)", "error": "\(error.cause.logDescription)"])
+                Self.countRetry(sqlState: error.cause.sqlState ?? "08006")
+                var results: [Result<CommitOutcome, any Error>] = []
+                for request in batch {
+                    results.append(await result { try await resolve(request, cause: error.cause, backend: error.backend) })
+                }
+                return results
+            } catch {
+                return batch.map { _ in .failure(error) }
+            }
+        }
+    }
+
+    private func commitAlone(_ request: CommitRequest) async throws -> CommitOutcome {
         var attempt = 1
         while true {
             do {
@@ -230,7 +322,7 @@ final class EntityStore: Sendable {
                     _ = try db.execute("COMMIT")
                     return result.rows.first?[0].flatMap { Int64($0) } ?? 0
                 }
-                if request.record != nil { return .notLanded(certain: sessionGone) }
+                if !request.records.isEmpty { return .notLanded(certain: sessionGone) }
                 if case .unchanged = request.change {
                     throw CommitUncertain(detail: "events or effects may or may not have been committed")
                 }
@@ -266,6 +358,75 @@ final class EntityStore: Sendable {
         return false
     }
 
+    /// The group statement failed for one member's sake (a unique violation: a twin's idempotency record).
+    private struct GroupRefused: Error {}
+
+    /// Every member of `batch` in one statement, so one transaction: each entity's compare-and-set on the version
+    /// its commands read, and each idempotency record only with its entity's write. Returns the entities written;
+    /// the others lost their compare-and-set.
+    private static func commitGroup(_ batch: [CommitRequest], on db: PostgresConnection) throws -> Set<EntityKey> {
+        var entities = Array(repeating: [String?](), count: 5)
+        var records = Array(repeating: [String?](), count: 9)
+        for request in batch {
+            let state: String
+            switch request.change {
+            case .replace(let encoded): state = encoded
+            case .delete: state = "null"
+            case .unchanged: preconditionFailure("a version check in a group commit")
+            }
+            let row = [
+                request.key.function, request.key.entity, state, String(request.seenVersion),
+                String(request.versionAfter),
+            ]
+            for (index, value) in row.enumerated() { entities[index].append(value) }
+            for record in request.records {
+                let claim = record.claim
+                let row: [String?] = [
+                    claim.key.function, claim.key.entity, claim.caller, claim.token, claim.fingerprint,
+                    String(record.answer.status), record.answer.body, record.answer.etag, String(record.ttlMs),
+                ]
+                for (index, value) in row.enumerated() { records[index].append(value) }
+            }
+        }
+        let written: PostgresResult
+        do throws(PostgresError) {
+            written = try db.execute(groupStatement, (entities + records).map { PostgresArray.text($0) })
+        } catch {
+            if error.sqlState == "23505" { throw GroupRefused() }
+            if error.code == .connectionFailed || error.isUnknownCommitOutcome { throw OutcomeUnknown(cause: error) }
+            throw error
+        }
+        var keys = Set<EntityKey>()
+        for row in written.rows {
+            if let function = row[0], let entity = row[1] { keys.insert(EntityKey(function: function, entity: entity)) }
+        }
+        return keys
+    }
+
+    /// Each entity's compare-and-set, and the records of the entities written. `entities` is modified once, by one
+    /// UPDATE, as CockroachDB requires of a statement.
+    private static let groupStatement = """
+        WITH input AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                AS i(function, entity_id, state, seen, next)
+        ), written AS (
+            UPDATE entities AS e SET state = i.state::jsonb, version = i.next, updated_at = now()
+            FROM input AS i
+            WHERE e.function = i.function AND e.entity_id = i.entity_id AND e.version = i.seen
+            RETURNING e.function, e.entity_id
+        ), recorded AS (
+            INSERT INTO idempotency (caller, function, entity_id, key, request_hash, status, response, etag, expires_at)
+            SELECT r.caller, r.function, r.entity_id, r.key, r.hash, r.status, r.response, r.etag,
+                now() + r.ttl_ms * INTERVAL '1 millisecond'
+            FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[],
+                    $13::text[], $14::bigint[])
+                AS r(function, entity_id, caller, key, hash, status, response, etag, ttl_ms)
+            JOIN written AS w ON w.function = r.function AND w.entity_id = r.entity_id
+            RETURNING 1
+        )
+        SELECT function, entity_id, (SELECT count(*) FROM recorded) FROM written
+        """
+
     private struct OutcomeUnknown: Error {
         var cause: PostgresError
         var backend: Int32?
@@ -284,13 +445,13 @@ final class EntityStore: Sendable {
         // A state change alone, or an answer that changed nothing but must be remembered, is one statement: one
         // round trip and no explicit transaction.
         let single = request.events.isEmpty && request.effects.isEmpty
-        if single, case .unchanged = request.change, let record = request.record {
+        if single, case .unchanged = request.change, request.records.count == 1 {
             return try decisive {
-                let inserted = try insertRecord(record, onlyIfAt: request.seenVersion, on: db)
+                let inserted = try insertRecord(request.records[0], onlyIfAt: request.seenVersion, on: db)
                 return inserted ? .committed(version: request.seenVersion) : .conflict
             }
         }
-        if single, request.record == nil {
+        if single, request.records.isEmpty {
             return try decisive { try writeState(request, on: db) }
         }
         do {
@@ -306,7 +467,7 @@ final class EntityStore: Sendable {
                     INSERT INTO entity_events (function, entity_id, seq, event, principal)
                     SELECT $1, $2, coalesce(max(seq), 0) + 1, $3::jsonb, $4::jsonb
                     FROM entity_events WHERE function = $1 AND entity_id = $2
-                    """, [key.function, key.entity, event, request.principal])
+                    """, [key.function, key.entity, event.payload, event.principal])
             }
             for effect in request.effects {
                 _ = try db.execute(
@@ -317,7 +478,7 @@ final class EntityStore: Sendable {
                     [effect.function, effect.entity, effect.command, effect.payload, String(effect.delayMs),
                      key.function, key.entity])
             }
-            if let record = request.record { _ = try insertRecord(record, onlyIfAt: nil, on: db) }
+            for record in request.records { _ = try insertRecord(record, onlyIfAt: nil, on: db) }
             // Delivered at COMMIT, and only if it commits.
             if notifies, !request.effects.isEmpty { _ = try db.execute("SELECT pg_notify('statefn_outbox', '')") }
             if notifies, !request.events.isEmpty { _ = try db.execute("SELECT pg_notify('statefn_events', '')") }
@@ -351,9 +512,9 @@ final class EntityStore: Sendable {
             let result = try db.execute(
                 """
                 INSERT INTO entities (function, entity_id, state, version, updated_at)
-                VALUES ($1, $2, $3::jsonb, 1, now()) ON CONFLICT (function, entity_id) DO NOTHING
-                """, [key.function, key.entity, state])
-            return result.affectedRows == 1 ? .committed(version: 1) : .conflict
+                VALUES ($1, $2, $3::jsonb, $4::bigint, now()) ON CONFLICT (function, entity_id) DO NOTHING
+                """, [key.function, key.entity, state, String(request.versionAfter)])
+            return result.affectedRows == 1 ? .committed(version: request.versionAfter) : .conflict
         case .replace(let state):
             return try compareAndSet(request, state: state, on: db)
         case .delete:
@@ -374,10 +535,13 @@ final class EntityStore: Sendable {
     {
         let result = try db.execute(
             """
-            UPDATE entities SET state = $3::jsonb, version = version + 1, updated_at = now()
+            UPDATE entities SET state = $3::jsonb, version = $5::bigint, updated_at = now()
             WHERE function = $1 AND entity_id = $2 AND version = $4
-            """, [request.key.function, request.key.entity, state, String(request.seenVersion)])
-        return result.affectedRows == 1 ? .committed(version: request.seenVersion + 1) : .conflict
+            """, [
+                request.key.function, request.key.entity, state, String(request.seenVersion),
+                String(request.versionAfter),
+            ])
+        return result.affectedRows == 1 ? .committed(version: request.versionAfter) : .conflict
     }
 
     /// Writes the record; with `onlyIfAt`, only while the entity is still at that version (0: absent), so that one

@@ -221,21 +221,3 @@ final class EventFeed: Sendable {
         if behind || byKey.values.contains(where: { $0.count >= 500 }) { wake() }
     }
 }
-
-/// Literals for PostgreSQL arrays passed as one text parameter.
-enum PostgresArray {
-    /// `{"a","b\"c"}`: every element quoted, with `"` and `\` escaped.
-    static func text(_ values: [String]) -> String {
-        var out = "{"
-        for (index, value) in values.enumerated() {
-            if index > 0 { out += "," }
-            out += "\""
-            for character in value.unicodeScalars {
-                if character == "\"" || character == "\\" { out += "\\" }
-                out.unicodeScalars.append(character)
-            }
-            out += "\""
-        }
-        return out + "}"
-    }
-}

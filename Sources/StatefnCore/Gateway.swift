@@ -50,7 +50,8 @@ public final class Gateway: Sendable {
         self.catalog = Mutex(catalog)
         self.workers = workers
         self.pool = pool
-        self.store = EntityStore(pool: pool, logger: logger, notifies: configuration.notify)
+        self.store = EntityStore(
+            pool: pool, logger: logger, notifies: configuration.notify, commitLanes: configuration.commits.commitLanes)
         let dispatcher = OutboxDispatcher(configuration: configuration.outbox, pool: pool, logger: logger)
         let feed = EventFeed(configuration: configuration.feed, pool: pool, logger: logger)
         self.dispatcher = dispatcher

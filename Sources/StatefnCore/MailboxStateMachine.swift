@@ -30,6 +30,18 @@ struct MailboxStateMachine<Waiter> {
         return .wait
     }
 
+    /// Takes up to `max` waiters from the front of the queue, in order, while `accept` takes them: they join the
+    /// running caller's turn and never get one of their own.
+    mutating func takeQueued(max: Int, while accept: (Waiter) -> Bool) -> [Waiter] {
+        precondition(running, "took from a mailbox that was not running")
+        var taken: [Waiter] = []
+        while taken.count < max, head < waiters.count, accept(waiters[head]) {
+            taken.append(waiters[head])
+            head += 1
+        }
+        return taken
+    }
+
     mutating func release() -> ReleaseAction {
         precondition(running, "released a mailbox that was not running")
         guard head < waiters.count else {

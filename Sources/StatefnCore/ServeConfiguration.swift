@@ -312,6 +312,7 @@ public struct ServeConfiguration: Sendable {
         commits.conflictBudget = try settings.duration(
             "conflict-budget", default: .seconds(2), from: .zero, to: .seconds(600))
         commits.cacheBytes = try settings.integer("cache-bytes", default: 64 << 20, in: 0...(1 << 40))
+        commits.commitLanes = try settings.integer("commit-lanes", default: 1, in: 1...64)
         commits.idempotencyTTL = try settings.duration(
             "idempotency-ttl", default: .seconds(86_400), from: .seconds(1), to: .seconds(365 * 86_400))
         commits.idempotencyWait = try settings.duration(

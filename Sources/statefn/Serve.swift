@@ -111,6 +111,12 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "How many group commits (the state changes of many entities in one statement) may be on their way to"
+                + " the database at once (env STATEFN_COMMIT_LANES; default 1: the largest groups).", valueName: "n"))
+    var commitLanes: String?
+
+    @Option(
+        help: ArgumentHelp(
             "How long an Idempotency-Key's answer is kept for replay (env STATEFN_IDEMPOTENCY_TTL; default 24h).",
             valueName: "duration"))
     var idempotencyTtl: String?
@@ -181,7 +187,7 @@ struct Serve: AsyncParsableCommand {
         var flags: [String: String?] = [
             "listen": listen, "functions": functions, "worker-user": workerUser, "header-timeout": headerTimeout,
             "max-connections-per-address": maxConnectionsPerAddress, "max-body-bytes": maxBodyBytes, "http-threads": httpThreads,
-            "grace-period": gracePeriod, "conflict-budget": conflictBudget, "cache-bytes": cacheBytes,
+            "grace-period": gracePeriod, "conflict-budget": conflictBudget, "cache-bytes": cacheBytes, "commit-lanes": commitLanes,
             "idempotency-ttl": idempotencyTtl, "idempotency-wait": idempotencyWait, "outbox-poll": outboxPoll,
             "outbox-max-attempts": outboxMaxAttempts, "outbox-lease": outboxLease, "feed-poll": feedPoll,
             "max-subscribers": maxSubscribers, "sse-heartbeat": sseHeartbeat, "poll-only": pollOnly ? "1" : nil,

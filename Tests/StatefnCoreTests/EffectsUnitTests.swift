@@ -6,6 +6,7 @@ import StatefnWorkers
 import Testing
 
 @testable import StatefnCore
+import StatefnPostgres
 
 @Suite("effects and events, pure parts", .timeLimit(.minutes(1)))
 struct EffectsUnitTests {

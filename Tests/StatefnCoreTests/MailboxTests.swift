@@ -31,7 +31,7 @@ struct MailboxTests {
     }
 
     @Test func commandsOnOneEntityNeverOverlapAndKeepOrder() async throws {
-        let mailboxes = EntityMailboxes()
+        let mailboxes = EntityMailboxes<Int, Int>()
         let key = EntityKey(function: "f", entity: "e")
         let probe = Probe()
         let gate = AsyncStream<Void>.makeStream()
@@ -39,11 +39,12 @@ struct MailboxTests {
         for i in 0..<50 {
             tasks.append(
                 Task {
-                    try await mailboxes.run(key) {
+                    _ = await mailboxes.run(key, i, maxBatch: 1, joins: { _ in true }) { members in
                         probe.enter()
                         if i == 0 { for await _ in gate.stream {} }  // hold the entity until all have arrived
-                        try await Task.sleep(for: .microseconds(100))
+                        try? await Task.sleep(for: .microseconds(100))
                         probe.leave(i)
+                        return members
                     }
                 })
             // Arrival order is the order of enqueueing: start the next only once this one runs (the first) or waits
@@ -63,17 +64,17 @@ struct MailboxTests {
     }
 
     @Test func differentEntitiesRunConcurrently() async throws {
-        let mailboxes = EntityMailboxes()
+        let mailboxes = EntityMailboxes<Int, Bool>()
         let probe = Probe()
         try await withThrowingTaskGroup(of: Bool.self) { group in
             for i in 0..<8 {
                 group.addTask {
-                    try await mailboxes.run(EntityKey(function: "f", entity: "e\(i)")) {
+                    await mailboxes.run(EntityKey(function: "f", entity: "e\(i)"), i, maxBatch: 64, joins: { _ in true }) { _ in
                         probe.enter()
                         // Each holds its entity until all eight are in: were they serialized, none would get there.
                         let allIn = await until { probe.entered == 8 }
                         probe.leave(i)
-                        return allIn
+                        return [allIn]
                     }
                 }
             }
@@ -85,6 +86,59 @@ struct MailboxTests {
     }
 }
 
+extension MailboxTests {
+    /// Commands queued behind a running one join the next batch, in arrival order, up to the first that may not
+    /// join (it leads a batch of its own) and up to `maxBatch`; each gets the answer its batch gave it.
+    @Test func queuedCommandsJoinTheNextBatchInOrder() async throws {
+        let mailboxes = EntityMailboxes<Int, String>()
+        let key = EntityKey(function: "f", entity: "e")
+        let batches = Batches()
+        let gate = AsyncStream<Void>.makeStream()
+        var tasks: [Task<String, Never>] = []
+        // 20 may not join anything (an If-Match command, say); at most 8 run in one batch.
+        for i in 0..<30 {
+            tasks.append(
+                Task {
+                    await mailboxes.run(key, i, maxBatch: 8, joins: { $0 != 20 }) { members in
+                        batches.append(members)
+                        if members.first == 0 { for await _ in gate.stream {} }
+                        return members.map { "answer \($0) of batch \(members[0])" }
+                    }
+                })
+            let arrived = await until { i == 0 ? batches.all.count == 1 : mailboxes.queuedCount == i }
+            guard arrived else {
+                Issue.record("command \(i) neither ran nor waited")
+                break
+            }
+        }
+        gate.continuation.finish()
+        var answers: [String] = []
+        for task in tasks { answers.append(await task.value) }
+        #expect(
+            batches.all == [
+                [0], Array(1...8), Array(9...16), Array(17...19), [20], Array(21...28), [29],
+            ])
+        #expect(answers[5] == "answer 5 of batch 1" && answers[20] == "answer 20 of batch 20")
+        #expect(mailboxes.queuedCount == 0)
+    }
+
+    @Test func takeQueuedStopsAtTheFirstRefusal() {
+        var mailbox = MailboxStateMachine<Int>()
+        _ = mailbox.acquire(0)
+        for i in 1...5 { _ = mailbox.acquire(i) }
+        #expect(mailbox.takeQueued(max: 10) { $0 != 3 } == [1, 2])
+        guard case .resume(3) = mailbox.release() else {
+            Issue.record("the refused waiter must lead next")
+            return
+        }
+        #expect(mailbox.takeQueued(max: 1) { _ in true } == [4])
+        guard case .resume(5) = mailbox.release(), case .idle = mailbox.release() else {
+            Issue.record("the rest must follow in order")
+            return
+        }
+    }
+}
+
 /// Waits, yielding, until `condition` holds; false (and the caller records why) once `seconds` have passed.
 private func until(seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
@@ -93,6 +147,13 @@ private func until(seconds: Double = 10, _ condition: () -> Bool) async -> Bool 
         await Task.yield()
     }
     return true
+}
+
+/// The batches a mailbox ran, in order.
+private final class Batches: Sendable {
+    private let state = Mutex<[[Int]]>([])
+    func append(_ batch: [Int]) { state.withLock { $0.append(batch) } }
+    var all: [[Int]] { state.withLock { $0 } }
 }
 
 /// Records how many bodies run at once, and the order they finish in.
