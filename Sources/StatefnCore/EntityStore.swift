@@ -219,7 +219,7 @@ final class EntityStore: Sendable {
     /// One batch of groupable requests: one alone goes the way it always did; several go as one upsert (see
     /// `groupStatement`). A batch the database refuses as a whole for one member's sake (a twin's idempotency
     /// record, 23505) is committed again one by one, so that the failure stays that member's.
-    private func commitGroup(_ batch: [CommitRequest]) async -> [Result<CommitOutcome, any Error>] {
+    func commitGroup(_ batch: [CommitRequest]) async -> [Result<CommitOutcome, any Error>] {
         if batch.count == 1 { return [await result { try await commitAlone(batch[0]) }] }
         var attempt = 1
         while true {

@@ -211,6 +211,45 @@ struct ExactlyOnceTests {
         for gateway in gateways { #expect(gateway.stop() == 0) }
     }
 
+    @Test("a hot entity's queued commands run one after another and commit together: each 200 counted once, one version each, keyed repeats replay their own answer")
+    func hotEntityBatches() async throws {
+        let database = try await TestDatabase.createDatabase()
+        let gateway = try await Self.replicas(1, database: database)[0]
+        let answers = try await onThreads(16) { thread in
+            let client = gateway.client()
+            return try (0..<40).map { index in
+                let response = try client.request(
+                    "POST", "/v1/register/batched/incr", body: "{}", headers: ["Idempotency-Key": "t\(thread)-\(index)"])
+                return (thread, index, response.status, response.text, response.headers["etag"] ?? "")
+            }
+        }.flatMap { $0 }
+        #expect(answers.allSatisfy { $0.2 == 200 }, "statuses: \(Set(answers.map(\.2)))")
+        // Each command ran on the state the one before it left, and its ETag is the version of the state it made.
+        let counts = answers.compactMap { answer -> Int64? in
+            guard let reply = try? JSONValue.parse(answer.3, limits: .client), let n = reply["n"]?.integerValue else { return nil }
+            #expect(answer.4 == "\"\(n)\"", "reply \(answer.3) has ETag \(answer.4)")
+            return n
+        }
+        #expect(counts.sorted() == Array(1...640))
+        let rows = try await Self.sql(
+            database, "SELECT state::text, version FROM entities WHERE function = 'register' AND entity_id = 'batched'")
+        #expect(rows.first?[0] == #"{"n": 640}"# && rows.first?[1] == "640")
+        // Records of one commit share its transaction's now(): fewer distinct times than records means commands
+        // were committed together.
+        let commits = try await Self.sql(
+            database, "SELECT count(*), count(DISTINCT expires_at) FROM idempotency WHERE entity_id = 'batched'")
+        #expect(commits.first?[0] == "640")
+        let distinct = Int(commits.first?[1] ?? "") ?? 0
+        #expect(distinct > 0 && distinct < 640, "\(distinct) commits for 640 commands: nothing was batched")
+        for answer in answers.filter({ $0.1 % 10 == 3 }).prefix(16) {
+            let repeated = try await Self.post(
+                gateway, "/v1/register/batched/incr", headers: ["Idempotency-Key": "t\(answer.0)-\(answer.1)"])
+            #expect(repeated.text == answer.3 && repeated.headers["idempotent-replayed"] == "true")
+            #expect(repeated.headers["etag"] == answer.4)
+        }
+        #expect(gateway.stop() == 0)
+    }
+
     @Test("two writers through two replicas with a tiny budget: lost compare-and-sets re-run, then 409, and the count is the 200s")
     func twoWritersRunOutOfBudget() async throws {
         let database = try await TestDatabase.createDatabase()

@@ -94,3 +94,96 @@ struct EntityStoreTests {
         #expect(loaded.state["tiny"] == .double(1.5e-7))
     }
 }
+
+extension EntityStoreTests {
+    static func record(_ key: EntityKey, token: String, body: String) -> CommitRequest.IdempotencyRecord {
+        .init(
+            claim: IdempotencyClaim(caller: "alice", key: key, token: token, fingerprint: "f-" + token),
+            answer: StoredAnswer(fingerprint: "f-" + token, status: 200, body: body, etag: "\"2\""), ttlMs: 60_000)
+    }
+
+    /// One group statement commits several entities; a stale member loses alone, and an idempotency record is
+    /// written only with its entity's write. A record that is already there (a twin got there first) fails the
+    /// statement, and the batch is committed again one by one, so that only the twin's member loses.
+    @Test func aGroupCommitKeepsEachMembersOutcomeItsOwn() async throws {
+        let pool = try await Self.migratedPool()
+        defer { pool.close() }
+        let store = EntityStore(pool: pool, logger: Self.logger)
+        let keys = (0..<5).map { EntityKey(function: "counter", entity: "g\($0)") }
+        for key in keys {
+            #expect(
+                try await store.commit(
+                    CommitRequest(key: key, seenVersion: 0, change: .replace("1"), events: [], effects: [], principal: "null"))
+                    == .committed(version: 1))
+        }
+        func change(_ index: Int, seen: Int64, to state: String, steps: Int64 = 1, token: String? = nil) -> CommitRequest {
+            var request = CommitRequest(
+                key: keys[index], seenVersion: seen, change: .replace(state), events: [], effects: [], principal: "null",
+                records: token.map { [Self.record(keys[index], token: $0, body: state)] } ?? [])
+            request.steps = steps
+            #expect(request.isGroupable)
+            return request
+        }
+        var outcomes = try await store.commitGroup([
+            change(0, seen: 1, to: "10", token: "k0"), change(1, seen: 7, to: "11", token: "k1"),
+            change(2, seen: 1, to: "12", steps: 3), change(3, seen: 1, to: #"{"quote":"\"","back":"\\"}"#),
+        ]).map { try $0.get() }
+        #expect(outcomes == [.committed(version: 2), .conflict, .committed(version: 4), .committed(version: 2)])
+        #expect(try await store.load(keys[1]) == EntitySnapshot(state: 1, version: 1), "the stale member wrote nothing")
+        #expect(try await store.load(keys[2]) == EntitySnapshot(state: 12, version: 4))
+        #expect(try await store.load(keys[3]).state == ["back": "\\", "quote": "\""], "quotes and backslashes survive the array")
+        let records = try await pool.execute("SELECT entity_id, key FROM idempotency ORDER BY key").rows
+        #expect(records == [["g0", "k0"]], "a record goes in only with its entity's write")
+
+        // k0 is taken: its member loses (the next run replays the stored answer); the others still commit.
+        outcomes = try await store.commitGroup([
+            change(0, seen: 2, to: "20", token: "k0"), change(1, seen: 1, to: "21", token: "k1"),
+            change(4, seen: 1, to: "24"),
+        ]).map { try $0.get() }
+        #expect(outcomes == [.conflict, .committed(version: 2), .committed(version: 2)])
+        #expect(try await store.load(keys[0]) == EntitySnapshot(state: 10, version: 2))
+        #expect(try await pool.execute("SELECT count(*) FROM idempotency").rows == [["2"]])
+    }
+
+    /// Commits of many entities at once share statements: fewer transactions than commits, and every commit's
+    /// outcome is its own.
+    @Test func concurrentCommitsShareGroupStatements() async throws {
+        let pool = try await Self.migratedPool()
+        defer { pool.close() }
+        let store = EntityStore(pool: pool, logger: Self.logger)
+        let keys = (0..<200).map { EntityKey(function: "counter", entity: "c\($0)") }
+        for key in keys {
+            _ = try await store.commit(
+                CommitRequest(key: key, seenVersion: 0, change: .replace("0"), events: [], effects: [], principal: "null"))
+        }
+        func transactions() async throws -> Int {
+            Int(try await pool.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                .rows[0][0]!)!
+        }
+        let before = try await transactions()
+        let outcomes = try await withThrowingTaskGroup(of: CommitOutcome.self) { group in
+            for (index, key) in keys.enumerated() {
+                group.addTask {
+                    // Every fifth is stale.
+                    try await store.commit(
+                        CommitRequest(
+                            key: key, seenVersion: index % 5 == 0 ? 9 : 1, change: .replace("1"), events: [], effects: [],
+                            principal: "null"))
+                }
+            }
+            return try await group.reduce(into: [CommitOutcome]()) { $0.append($1) }
+        }
+        #expect(outcomes.filter { $0 == .conflict }.count == 40)
+        #expect(outcomes.filter { $0 == .committed(version: 2) }.count == 160)
+        let rows = try await pool.execute("SELECT count(*) FROM entities WHERE state = '1'::jsonb").rows
+        #expect(rows == [["160"]])
+        // pg_stat_database counts this session's reads too, and reports with a delay: wait for it to move.
+        var shared = 0
+        for _ in 0..<50 {
+            shared = try await transactions() - before
+            if shared > 0 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(shared > 0 && shared < 150, "\(shared) transactions for 200 commits")
+    }
+}
