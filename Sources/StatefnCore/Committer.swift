@@ -68,6 +68,11 @@ final class Committer: Sendable {
     private let onEvents: @Sendable () -> Void
 
     private let metrics: RequestMetrics
+    /// How many batches have run, and how many commands they held (for tests and debugging).
+    private let batchCounts = Mutex<(batches: Int, commands: Int)>((0, 0))
+    var batchStatistics: (batches: Int, commands: Int) { batchCounts.withLock { $0 } }
+    /// Commands waiting behind a running one, over all entities.
+    var queuedCommands: Int { mailboxes.queuedCount }
 
     init(
         configuration: CommitterConfiguration, store: EntityStore, logger: Logger, metrics: RequestMetrics = RequestMetrics(),
@@ -138,9 +143,15 @@ final class Committer: Sendable {
     /// At most this many commands of one entity run in one batch (one after another) and commit together.
     private static let maxBatch = 64
 
-    /// Whether a queued command may join a batch: not one with If-Match, which is checked against the database
-    /// on a version of its own.
-    private static func joins(_ member: Member) -> Bool { member.input.expectedVersion == nil }
+    /// Whether a queued command may join a batch `leader` leads. Not with If-Match, which is checked against the
+    /// database on a version of its own. And only commands alike in their Idempotency-Keys share one: when a
+    /// commit's outcome is lost, a batch with keys is settled by its stored answers (all there, or none), and one
+    /// without by the entity's version; a command without a key in a batch with keys would have neither, and
+    /// could run twice.
+    private static func joins(_ leader: Member, _ queued: Member) -> Bool {
+        leader.input.expectedVersion == nil && queued.input.expectedVersion == nil
+            && (leader.input.claim == nil) == (queued.input.claim == nil)
+    }
 
     /// What one run of the batch decided for one member.
     private struct Decided {
@@ -154,28 +165,35 @@ final class Committer: Sendable {
     /// compare-and-set runs them all again on a fresh read, within the budget. A member that fails on its own (its
     /// worker crashed, its state is too big) gets its error, and the others go on as if it had not been sent.
     private func commitLoop(_ members: [Member]) async -> [Result<HTTPResponse, any Error>] {
+        batchCounts.withLock {
+            $0.batches += 1
+            $0.commands += members.count
+        }
         var answers = [Result<HTTPResponse, any Error>?](repeating: nil, count: members.count)
         let key = members[0].input.key
         let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: configuration.conflictBudget)
+        var deadline = clock.now.advanced(by: configuration.conflictBudget)
         var attempt = 0
+        var limit = members.count
         while true {
             attempt += 1
             do {
-                // Answers already stored under a member's key are replayed; those members do not run.
-                for (index, member) in members.enumerated() where answers[index] == nil {
-                    if let claim = member.input.claim, let stored = try await store.record(for: claim) {
-                        answers[index] =
-                            stored.fingerprint == claim.fingerprint
-                            ? .success(stored.response())
-                            : .failure(
-                                GatewayError(
-                                    422,
-                                    "this Idempotency-Key was used for a different request; use a new key for a new"
-                                        + " request"))
-                    }
+                // Answers already stored under a member's key are replayed (one query for the batch); those
+                // members do not run.
+                let keyed = members.indices.filter { answers[$0] == nil && members[$0].input.claim != nil }
+                let stored = try await store.records(for: keyed.map { members[$0].input.claim! })
+                for (index, record) in zip(keyed, stored) {
+                    guard let record else { continue }
+                    answers[index] =
+                        record.fingerprint == members[index].input.claim!.fingerprint
+                        ? .success(record.response())
+                        : .failure(
+                            GatewayError(
+                                422, "this Idempotency-Key was used for a different request; use a new key for a new request"))
                 }
-                let running = members.indices.filter { answers[$0] == nil }
+                // After a lost race, only the first half of what lost runs again: the fewer commands between the
+                // read and the compare-and-set, the likelier it wins. The rest follow, in order, once it has.
+                let running = Array(members.indices.filter { answers[$0] == nil }.prefix(limit))
                 guard let first = running.first else { return answers.map { $0! } }
 
                 // If-Match is checked against the database, and every run after the first reads afresh.
@@ -247,9 +265,13 @@ final class Committer: Sendable {
                     case .unchanged: break
                     }
                     for member in decided { answers[member.index] = Result { try member.decision.response() } }
-                    return answers.map { $0! }
+                    guard answers.contains(where: { $0 == nil }) else { return answers.map { $0! } }
+                    // The rest of a halved batch: a fresh budget, from the state this commit left.
+                    (attempt, deadline) = (0, clock.now.advanced(by: configuration.conflictBudget))
+                    continue
                 case let outcome:  // .conflict or .notLanded: run again on a fresh read, within the budget
                     cache.remove(key)
+                    limit = max(1, decided.count / 2)
                     RequestMetrics.conflict(outcome == .conflict ? .version : .notLanded)
                     logger.debug(
                         outcome == .conflict ? "version conflict" : "commit did not land; running again",
@@ -265,9 +287,10 @@ final class Committer: Sendable {
                         try await Task.sleep(for: pause)
                         continue
                     }
-                    for member in decided {
-                        answers[member.index] = await result {
-                            try await self.giveUp(members[member.index].input, outcome: outcome, attempts: attempt)
+                    // Those that never got to run share the answer: the budget is spent for all of them.
+                    for index in members.indices where answers[index] == nil {
+                        answers[index] = await result {
+                            try await self.giveUp(members[index].input, outcome: outcome, attempts: attempt)
                         }
                     }
                     return answers.map { $0! }
@@ -432,11 +455,4 @@ private func checked(_ value: JSONValue, _ what: String, limit: Int) throws(Gate
 private struct CommitGate {
     var closed = false
     var active = 0
-}
-
-extension CommitRequest {
-    /// A request that only checks that `key` is still at `version`.
-    static func versionCheck(_ key: EntityKey, at version: Int64, principal: String = "null") -> CommitRequest {
-        CommitRequest(key: key, seenVersion: version, change: .unchanged, events: [], effects: [], principal: principal)
-    }
 }

@@ -26,7 +26,7 @@ public struct EntityKey: Hashable, Sendable {
 }
 
 /// One mailbox per busy entity. The command that finds the entity free leads: it may take the commands queued
-/// behind it (those `joins` accepts, in arrival order, up to the first it does not) into one batch, which `body` runs
+/// behind it (those `joins` accepts beside it, in arrival order, up to the first it does not) into one batch, which `body` runs
 /// one after another and commits once; each of them gets its own answer from that batch. Then the entity passes to
 /// the next command queued, which leads the next batch.
 final class EntityMailboxes<Member: Sendable, Answer: Sendable>: Sendable {
@@ -43,10 +43,10 @@ final class EntityMailboxes<Member: Sendable, Answer: Sendable>: Sendable {
     private let boxes = Mutex<[EntityKey: MailboxStateMachine<Waiter>]>([:])
 
     /// Runs `member` when every earlier command for `key` has finished, and before any later one starts: in a batch
-    /// of its own, led by it (with up to `maxBatch - 1` queued members `joins` accepts, when it accepts `member`),
-    /// or in the batch another member leads. `body` returns one answer per member, in order.
+    /// of its own, led by it (with up to `maxBatch - 1` queued members that `joins(member, queued)` accepts), or in
+    /// the batch another member leads. `body` returns one answer per member, in order.
     func run(
-        _ key: EntityKey, _ member: Member, maxBatch: Int, joins: @Sendable (Member) -> Bool,
+        _ key: EntityKey, _ member: Member, maxBatch: Int, joins: @Sendable (_ leader: Member, _ queued: Member) -> Bool,
         _ body: ([Member]) async -> [Answer]
     ) async -> Answer {
         let turn = await withCheckedContinuation { (continuation: CheckedContinuation<Turn, Never>) in
@@ -57,8 +57,7 @@ final class EntityMailboxes<Member: Sendable, Answer: Sendable>: Sendable {
         }
         if case .answered(let answer) = turn { return answer }
         let mates =
-            maxBatch > 1 && joins(member)
-            ? boxes.withLock { $0[key]!.takeQueued(max: maxBatch - 1) { joins($0.member) } } : []
+            maxBatch > 1 ? boxes.withLock { $0[key]!.takeQueued(max: maxBatch - 1) { joins(member, $0.member) } } : []
         let answers = await body([member] + mates.map(\.member))
         precondition(answers.count == mates.count + 1, "a batch of \(mates.count + 1) got \(answers.count) answers")
         for (mate, answer) in zip(mates, answers.dropFirst()) { mate.continuation.resume(returning: .answered(answer)) }

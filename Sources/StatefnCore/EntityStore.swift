@@ -5,6 +5,7 @@ import Logging
 import Metrics
 import StatefnJSON
 import StatefnPostgres
+import Synchronization
 
 /// An entity's state as last read or committed. `null` state means absent: version 0 if it was never written, the
 /// version of its deletion if it was deleted (a deleted entity keeps a tombstone row, so that versions are never
@@ -120,17 +121,18 @@ final class EntityStore: Sendable {
 
     /// Commits that change only state (and may remember an answer) share group statements, `commitLanes` at a
     /// time (GroupCommit.swift).
-    private let groups: CommitGroups<CommitRequest, CommitOutcome>
+    private let groups: CommitGroups<CommitRequest, EntityKey, CommitOutcome>
+    /// How many group statements have committed, and how many commits they carried (for tests and debugging).
+    private let groupCounts = Mutex<(statements: Int, commits: Int)>((0, 0))
+    var groupStatistics: (statements: Int, commits: Int) { groupCounts.withLock { $0 } }
 
     init(pool: PostgresPool, logger: Logger, notifies: Bool = false, commitLanes: Int = 1) {
         self.pool = pool
         self.logger = logger
         self.notifies = notifies
-        // Two commits of one entity never share a statement (an upsert may not touch a row twice). The mailbox
+        // Two commits of one entity never share a statement (an update may not touch a row twice). The mailbox
         // already keeps one commit per entity in flight in this gateway; this is the rule, not the common case.
-        groups = CommitGroups(lanes: commitLanes, maxBatch: 256) { request, batch in
-            !batch.contains { $0.key == request.key }
-        }
+        groups = CommitGroups(lanes: commitLanes, maxBatch: 256, key: \.key)
     }
 
     func load(_ key: EntityKey) async throws -> EntitySnapshot { try await loadMeasured(key).snapshot }
@@ -159,6 +161,33 @@ final class EntityStore: Sendable {
             let body = row[2]
         else { return nil }
         return StoredAnswer(fingerprint: hash, status: status, body: body, etag: row[3])
+    }
+
+    /// The stored answers under `claims`' keys, in order (nil where there is none), in one query.
+    func records(for claims: [IdempotencyClaim]) async throws -> [StoredAnswer?] {
+        if claims.isEmpty { return [] }
+        if claims.count == 1 { return [try await record(for: claims[0])] }
+        let rows = try await pool.read(
+            """
+            SELECT r.ordinality, i.request_hash, i.status, i.response, i.etag
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+                AS r(caller, function, entity_id, key, ordinality)
+            JOIN idempotency AS i
+                ON i.caller = r.caller AND i.function = r.function AND i.entity_id = r.entity_id AND i.key = r.key
+            """,
+            [
+                PostgresArray.text(claims.map(\.caller)), PostgresArray.text(claims.map(\.key.function)),
+                PostgresArray.text(claims.map(\.key.entity)), PostgresArray.text(claims.map(\.token)),
+            ]
+        ).rows
+        var answers = [StoredAnswer?](repeating: nil, count: claims.count)
+        for row in rows {
+            guard let position = row[0].flatMap({ Int($0) }), (1...claims.count).contains(position), let hash = row[1],
+                let status = row[2].flatMap({ Int($0) }), let body = row[3]
+            else { continue }
+            answers[position - 1] = StoredAnswer(fingerprint: hash, status: status, body: body, etag: row[4])
+        }
+        return answers
     }
 
     /// A page of `function`'s entities (tombstones left out), ordered by id; the database's collation decides the
@@ -217,8 +246,8 @@ final class EntityStore: Sendable {
     }
 
     /// One batch of groupable requests: one alone goes the way it always did; several go as one upsert (see
-    /// `groupStatement`). A batch the database refuses as a whole for one member's sake (a twin's idempotency
-    /// record, 23505) is committed again one by one, so that the failure stays that member's.
+    /// `groupStatement`). A batch the database refuses as a whole (a twin's idempotency record, a serialization
+    /// failure) is committed again one by one, so that what fails stays its own.
     func commitGroup(_ batch: [CommitRequest]) async -> [Result<CommitOutcome, any Error>] {
         if batch.count == 1 { return [await result { try await commitAlone(batch[0]) }] }
         var attempt = 1
@@ -233,31 +262,39 @@ final class EntityStore: Sendable {
                         throw error
                     }
                 }
+                groupCounts.withLock {
+                    $0.statements += 1
+                    $0.commits += batch.count
+                }
                 return batch.map { .success(committed.contains($0.key) ? .committed(version: $0.versionAfter) : .conflict) }
-            } catch let error as PostgresError where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts {
-                Self.countRetry(sqlState: error.sqlState)
-                let base = 2 << min(attempt, 8)
-                try? await Task.sleep(for: .milliseconds(Int.random(in: base / 2...base)))
-                attempt += 1
             } catch let error as PostgresError where error.code == .connectionFailed && attempt == 1 {
+                // Lost before the statement went out (that one throws OutcomeUnknown): nothing was committed.
                 Self.countRetry(sqlState: error.sqlState ?? "08006")
                 attempt += 1
-            } catch is GroupRefused {
-                var results: [Result<CommitOutcome, any Error>] = []
-                for request in batch { results.append(await result { try await commitAlone(request) }) }
-                return results
             } catch let error as OutcomeUnknown {
                 logger.warning(
                     "group commit outcome unknown; reading back",
                     metadata: ["commits": "\(batch.count)", "error": "\(error.cause.logDescription)"])
                 Self.countRetry(sqlState: error.cause.sqlState ?? "08006")
-                var results: [Result<CommitOutcome, any Error>] = []
-                for request in batch {
-                    results.append(await result { try await resolve(request, cause: error.cause, backend: error.backend) })
+                // One session to end for the whole group, then every member read back at once.
+                let sessionGone = await endSession(error.backend)
+                return await withTaskGroup(of: (Int, Result<CommitOutcome, any Error>).self) { group in
+                    for (index, request) in batch.enumerated() {
+                        group.addTask {
+                            (index, await result { try await self.readBack(request, cause: error.cause, sessionGone: sessionGone) })
+                        }
+                    }
+                    var results = [Result<CommitOutcome, any Error>](repeating: .failure(error.cause), count: batch.count)
+                    for await (index, outcome) in group { results[index] = outcome }
+                    return results
                 }
-                return results
             } catch {
-                return batch.map { _ in .failure(error) }
+                // Refused as a whole for one member's sake (a twin's record, 23505; a serialization failure on one
+                // hot row, 40001; anything else): each goes again alone, so that what fails stays its own.
+                if let error = error as? PostgresError { Self.countRetry(sqlState: error.sqlState) }
+                var results: [Result<CommitOutcome, any Error>] = []
+                for request in batch { results.append(await result { try await commitAlone(request) }) }
+                return results
             }
         }
     }
@@ -310,7 +347,13 @@ final class EntityStore: Sendable {
     /// the key's row, so the next attempt waits for it). Without one, an unmoved version proves nothing landed, but
     /// only once the old session is known to be gone; a moved version proves nothing either way.
     private func resolve(_ request: CommitRequest, cause: PostgresError, backend: Int32?) async throws -> CommitOutcome {
-        let sessionGone = await endSession(backend)
+        try await readBack(request, cause: cause, sessionGone: await endSession(backend))
+    }
+
+    /// `resolve`'s read-back, once the session that sent the commit was ended (or could not be seen to end).
+    private func readBack(_ request: CommitRequest, cause: PostgresError, sessionGone: Bool) async throws
+        -> CommitOutcome
+    {
         var lastError: any Error = cause
         for attempt in 1...5 {
             do {
@@ -358,9 +401,6 @@ final class EntityStore: Sendable {
         return false
     }
 
-    /// The group statement failed for one member's sake (a unique violation: a twin's idempotency record).
-    private struct GroupRefused: Error {}
-
     /// Every member of `batch` in one statement, so one transaction: each entity's compare-and-set on the version
     /// its commands read, and each idempotency record only with its entity's write. Returns the entities written;
     /// the others lost their compare-and-set.
@@ -392,7 +432,6 @@ final class EntityStore: Sendable {
         do throws(PostgresError) {
             written = try db.execute(groupStatement, (entities + records).map { PostgresArray.text($0) })
         } catch {
-            if error.sqlState == "23505" { throw GroupRefused() }
             if error.code == .connectionFailed || error.isUnknownCommitOutcome { throw OutcomeUnknown(cause: error) }
             throw error
         }
@@ -422,9 +461,8 @@ final class EntityStore: Sendable {
                     $13::text[], $14::bigint[])
                 AS r(function, entity_id, caller, key, hash, status, response, etag, ttl_ms)
             JOIN written AS w ON w.function = r.function AND w.entity_id = r.entity_id
-            RETURNING 1
         )
-        SELECT function, entity_id, (SELECT count(*) FROM recorded) FROM written
+        SELECT function, entity_id FROM written
         """
 
     private struct OutcomeUnknown: Error {
@@ -508,6 +546,14 @@ final class EntityStore: Sendable {
     private static func writeState(_ request: CommitRequest, on db: PostgresConnection) throws -> CommitOutcome {
         let key = request.key
         switch request.change {
+        case .delete where request.seenVersion == 0:
+            // A batch that created the entity and deleted it again: its tombstone keeps the versions handed out.
+            let result = try db.execute(
+                """
+                INSERT INTO entities (function, entity_id, state, version, updated_at)
+                VALUES ($1, $2, 'null'::jsonb, $3::bigint, now()) ON CONFLICT (function, entity_id) DO NOTHING
+                """, [key.function, key.entity, String(request.versionAfter)])
+            return result.affectedRows == 1 ? .committed(version: request.versionAfter) : .conflict
         case .replace(let state) where request.seenVersion == 0:
             let result = try db.execute(
                 """

@@ -8,7 +8,7 @@
 // returns. So a busy gateway has at most `lanes` group statements in flight and no extra task or thread hop.
 import Synchronization
 
-final class CommitGroups<Request: Sendable, Outcome: Sendable>: Sendable {
+final class CommitGroups<Request: Sendable, Key: Hashable & Sendable, Outcome: Sendable>: Sendable {
     typealias Results = [Result<Outcome, any Error>]
     /// Runs one batch; returns one result per request, in order.
     typealias Run = @Sendable ([Request]) async -> Results
@@ -45,14 +45,14 @@ final class CommitGroups<Request: Sendable, Outcome: Sendable>: Sendable {
     private let state = Mutex(State())
     private let lanes: Int
     private let maxBatch: Int
-    /// Whether two requests may share a batch (two commits of one entity may not).
-    private let compatible: @Sendable (Request, [Request]) -> Bool
+    /// Requests with the same key never share a batch (two commits of one entity may not).
+    private let key: @Sendable (Request) -> Key
 
-    init(lanes: Int, maxBatch: Int, compatible: @escaping @Sendable (Request, [Request]) -> Bool = { _, _ in true }) {
+    init(lanes: Int, maxBatch: Int, key: @escaping @Sendable (Request) -> Key) {
         precondition(lanes > 0 && maxBatch > 0)
         self.lanes = lanes
         self.maxBatch = maxBatch
-        self.compatible = compatible
+        self.key = key
     }
 
     /// Commits `request`, alone or with others; returns (or throws) its own outcome. `run` commits a batch; every
@@ -78,11 +78,12 @@ final class CommitGroups<Request: Sendable, Outcome: Sendable>: Sendable {
     /// Runs one batch led by `request`, then passes the lane on.
     private func lead(with request: Request, run: Run) async -> Result<Outcome, any Error> {
         var batch = [request]
+        var keys: Set<Key> = [key(request)]
         let followers = state.withLock { state -> [Waiter] in
             var taken: [Waiter] = []
             var skipped: [Waiter] = []
             while batch.count < maxBatch, let waiter = state.popFirst() {
-                if compatible(waiter.request, batch) {
+                if keys.insert(key(waiter.request)).inserted {
                     taken.append(waiter)
                     batch.append(waiter.request)
                 } else {

@@ -39,7 +39,7 @@ struct MailboxTests {
         for i in 0..<50 {
             tasks.append(
                 Task {
-                    _ = await mailboxes.run(key, i, maxBatch: 1, joins: { _ in true }) { members in
+                    _ = await mailboxes.run(key, i, maxBatch: 1, joins: { _, _ in true }) { members in
                         probe.enter()
                         if i == 0 { for await _ in gate.stream {} }  // hold the entity until all have arrived
                         try? await Task.sleep(for: .microseconds(100))
@@ -69,7 +69,7 @@ struct MailboxTests {
         try await withThrowingTaskGroup(of: Bool.self) { group in
             for i in 0..<8 {
                 group.addTask {
-                    await mailboxes.run(EntityKey(function: "f", entity: "e\(i)"), i, maxBatch: 64, joins: { _ in true }) { _ in
+                    await mailboxes.run(EntityKey(function: "f", entity: "e\(i)"), i, maxBatch: 64, joins: { _, _ in true }) { _ in
                         probe.enter()
                         // Each holds its entity until all eight are in: were they serialized, none would get there.
                         let allIn = await until { probe.entered == 8 }
@@ -99,7 +99,7 @@ extension MailboxTests {
         for i in 0..<30 {
             tasks.append(
                 Task {
-                    await mailboxes.run(key, i, maxBatch: 8, joins: { $0 != 20 }) { members in
+                    await mailboxes.run(key, i, maxBatch: 8, joins: { $0 != 20 && $1 != 20 }) { members in
                         batches.append(members)
                         if members.first == 0 { for await _ in gate.stream {} }
                         return members.map { "answer \($0) of batch \(members[0])" }
