@@ -25,21 +25,8 @@ final class CommitGroups<Request: Sendable, Key: Hashable & Sendable, Outcome: S
     }
 
     private struct State: Sendable {
-        var queue: [Waiter] = []
-        var head = 0
+        var queue = FIFO<Waiter>()
         var openLanes = 0
-        var count: Int { queue.count - head }
-
-        mutating func popFirst() -> Waiter? {
-            guard head < queue.count else { return nil }
-            let waiter = queue[head]
-            head += 1
-            if head == queue.count {
-                queue.removeAll(keepingCapacity: true)
-                head = 0
-            }
-            return waiter
-        }
     }
 
     private let state = Mutex(State())
@@ -82,7 +69,7 @@ final class CommitGroups<Request: Sendable, Key: Hashable & Sendable, Outcome: S
         let followers = state.withLock { state -> [Waiter] in
             var taken: [Waiter] = []
             var skipped: [Waiter] = []
-            while batch.count < maxBatch, let waiter = state.popFirst() {
+            while batch.count < maxBatch, let waiter = state.queue.popFirst() {
                 if keys.insert(key(waiter.request)).inserted {
                     taken.append(waiter)
                     batch.append(waiter.request)
@@ -91,10 +78,7 @@ final class CommitGroups<Request: Sendable, Key: Hashable & Sendable, Outcome: S
                 }
             }
             // A commit that could not join keeps its place at the front, for the next turn.
-            if !skipped.isEmpty {
-                state.queue.replaceSubrange(0..<state.head, with: skipped)
-                state.head = 0
-            }
+            state.queue.prepend(skipped)
             return taken
         }
         var results = await run(batch)
@@ -104,7 +88,7 @@ final class CommitGroups<Request: Sendable, Key: Hashable & Sendable, Outcome: S
         }
         for (waiter, result) in zip(followers, results.dropFirst()) { waiter.continuation.resume(returning: .done(result)) }
         let next = state.withLock { state -> Waiter? in
-            guard let next = state.popFirst() else {
+            guard let next = state.queue.popFirst() else {
                 state.openLanes -= 1
                 return nil
             }

@@ -16,10 +16,9 @@ struct MailboxStateMachine<Waiter> {
     }
 
     private var running = false
-    private var waiters: [Waiter] = []
-    private var head = 0
+    private var waiters = FIFO<Waiter>()
 
-    var queued: Int { waiters.count - head }
+    var queued: Int { waiters.count }
 
     mutating func acquire(_ waiter: Waiter) -> AcquireAction {
         guard running else {
@@ -35,26 +34,19 @@ struct MailboxStateMachine<Waiter> {
     mutating func takeQueued(max: Int, while accept: (Waiter) -> Bool) -> [Waiter] {
         precondition(running, "took from a mailbox that was not running")
         var taken: [Waiter] = []
-        while taken.count < max, head < waiters.count, accept(waiters[head]) {
-            taken.append(waiters[head])
-            head += 1
+        while taken.count < max, let next = waiters.first, accept(next) {
+            taken.append(next)
+            _ = waiters.popFirst()
         }
         return taken
     }
 
     mutating func release() -> ReleaseAction {
         precondition(running, "released a mailbox that was not running")
-        guard head < waiters.count else {
+        guard let next = waiters.popFirst() else {
             running = false
-            waiters.removeAll(keepingCapacity: false)
-            head = 0
+            waiters.removeAll()
             return .idle
-        }
-        let next = waiters[head]
-        head += 1
-        if head > 64, head * 2 > waiters.count {
-            waiters.removeFirst(head)
-            head = 0
         }
         return .resume(next)
     }

@@ -177,3 +177,31 @@ private final class Probe: Sendable {
     var entered: Int { state.withLock { $0.entered } }
     var order: [Int] { state.withLock { $0.order } }
 }
+
+@Suite("FIFO")
+struct FIFOTests {
+    /// Order holds through pops, pushes back to the front and compaction, and a queue that never runs empty under
+    /// steady traffic stays the size of what it holds.
+    @Test func orderAndBoundedStorage() {
+        var queue = FIFO<Int>()
+        var next = 0
+        var expected = 0
+        for round in 0..<10_000 {
+            queue.append(next)
+            next += 1
+            queue.append(next)
+            next += 1
+            if round % 3 == 0, let taken = queue.popFirst() {
+                queue.prepend([taken])  // taken out and put back: still first
+            }
+            #expect(queue.popFirst() == expected)
+            expected += 1
+            #expect(queue.storedCount <= 2 * queue.count + 64)
+        }
+        #expect(queue.count == 10_000 && queue.first == expected)
+        var rest: [Int] = []
+        while let value = queue.popFirst() { rest.append(value) }
+        #expect(rest == Array(expected..<next))
+        #expect(queue.isEmpty && queue.first == nil)
+    }
+}
