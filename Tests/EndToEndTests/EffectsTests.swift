@@ -108,9 +108,11 @@ struct EffectsTests {
     func timersSurviveEveryReplica() async throws {
         let database = try await TestDatabase.createDatabase()
         let replicas = try await Self.start(2, database: database)
+        // Taken before the request, so that the arming commit is later still: a loaded machine may hand the reply
+        // over long after the commit, and a clock read then would make a timer on time look early.
+        let armedAt = Date()
         let response = try await Self.post(replicas[0], "/v1/timer/survivor/arm", #"{"count":20,"delay_ms":2500}"#)
         #expect(response.status == 200)
-        let armedAt = Date()
         for replica in replicas { _ = replica.stop(signal: SIGKILL) }
         let restarted = try await Self.start(1, database: database)[0]
         #expect(try await Self.eventually(12) { try await Self.fired(database, prefix: "survivor") == (20, 0) })

@@ -246,7 +246,9 @@ struct JWTVerifierTests {
             } catch {
                 #expect("\(error)".contains("over 1 MiB"), "\(path): \(error)")
             }
-            #expect(ContinuousClock.now - started < .seconds(5), "\(path): cut off, not read to its end or timeout")
+            // The error says it was the 1 MiB cap, and `sent` below that the rest was never read; the clock only
+            // says it was not the fetch's 10 s timeout, with room for a loaded machine.
+            #expect(ContinuousClock.now - started < .seconds(9), "\(path): cut off, not read to its end or timeout")
         }
         let sent = written.value.load(ordering: .relaxed)
         #expect(sent < 32 << 20, "only what was in flight was sent: \(sent)")

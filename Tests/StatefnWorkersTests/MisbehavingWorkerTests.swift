@@ -372,8 +372,8 @@ import Testing
         let recorder = LogRecorder()
         try await withPool(recorder) { pool in
             #expect(fixture("silent").manifest.initTimeoutMs == 500)
-            // Two seconds, so that a loaded machine still shows the worker to the test before it is killed.
-            let silent = fixture("silent") { $0.initTimeoutMs = 2000 }
+            // Five seconds, so that a loaded machine still shows the worker to the test before it is killed.
+            let silent = fixture("silent") { $0.initTimeoutMs = 5000 }
             let started = ContinuousClock.now
             async let outcome = failure { try await pool.invoke(silent, request: request("i")) }
             // Before its init timeout: the pool's worker, in a group of its own, now running sleep (its command line
@@ -383,7 +383,7 @@ import Testing
             let worker = try #require(sighted, "the worker was never seen running sleep")
             #expect(error?.code == .crashed)
             #expect(error?.detail.contains("init_timeout_ms") == true, "\(String(describing: error))")
-            #expect(ContinuousClock.now - started >= .milliseconds(1900), "killed before its init timeout")
+            #expect(ContinuousClock.now - started >= .milliseconds(4900), "killed before its init timeout")
             #expect(await eventually { remains(of: worker).isEmpty }, "left: \(remains(of: worker))")
             // With the handshake required, a worker that does announce itself serves.
             let echo = fixture("echo") { $0.initTimeoutMs = 10_000 }
