@@ -90,7 +90,7 @@ struct EffectsUnitTests {
         wakeUp.signal()
         started = clock.now
         await wakeUp.wait(upTo: .seconds(10), clock: clock)
-        #expect(clock.now - started < .milliseconds(500), "a signal before the wait is kept for it")
+        #expect(clock.now - started < .seconds(5), "a signal before the wait is kept for it")
     }
 
     @Test("the manifest's effect_scopes check agrees with the gateway's scope parser")
