@@ -178,7 +178,7 @@ private final class Probe: Sendable {
     var order: [Int] { state.withLock { $0.order } }
 }
 
-@Suite("FIFO")
+@Suite("FIFO", .timeLimit(.minutes(1)))
 struct FIFOTests {
     /// Order holds through pops, pushes back to the front and compaction, and a queue that never runs empty under
     /// steady traffic stays the size of what it holds.

@@ -4,7 +4,7 @@ import Testing
 
 @testable import StatefnWorkers
 
-@Suite struct WarmWorkerStateMachineTests {
+@Suite(.timeLimit(.minutes(1))) struct WarmWorkerStateMachineTests {
     typealias Machine = WarmWorkerStateMachine<String>
 
     /// The actions as short names, for comparing whole sequences.
