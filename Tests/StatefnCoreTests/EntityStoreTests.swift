@@ -96,6 +96,22 @@ struct EntityStoreTests {
 }
 
 extension EntityStoreTests {
+    /// A migrated database with `count` counter entities named `prefix` and a number, each at version 1 with
+    /// `state`, and a store over it.
+    static func seeded(_ prefix: String, count: Int, state: String) async throws
+        -> (pool: PostgresPool, store: EntityStore, keys: [EntityKey])
+    {
+        let pool = try await migratedPool()
+        let store = EntityStore(pool: pool, logger: logger)
+        let keys = (0..<count).map { EntityKey(function: "counter", entity: "\(prefix)\($0)") }
+        for key in keys {
+            let outcome = try await store.commit(
+                CommitRequest(key: key, seenVersion: 0, change: .replace(state), events: [], effects: [], principal: "null"))
+            #expect(outcome == .committed(version: 1))
+        }
+        return (pool, store, keys)
+    }
+
     static func record(_ key: EntityKey, token: String, body: String) -> CommitRequest.IdempotencyRecord {
         .init(
             claim: IdempotencyClaim(caller: "alice", key: key, token: token, fingerprint: "f-" + token),
@@ -106,16 +122,8 @@ extension EntityStoreTests {
     /// written only with its entity's write. A record that is already there (a twin got there first) fails the
     /// statement, and the batch is committed again one by one, so that only the twin's member loses.
     @Test func aGroupCommitKeepsEachMembersOutcomeItsOwn() async throws {
-        let pool = try await Self.migratedPool()
+        let (pool, store, keys) = try await Self.seeded("g", count: 5, state: "1")
         defer { pool.close() }
-        let store = EntityStore(pool: pool, logger: Self.logger)
-        let keys = (0..<5).map { EntityKey(function: "counter", entity: "g\($0)") }
-        for key in keys {
-            #expect(
-                try await store.commit(
-                    CommitRequest(key: key, seenVersion: 0, change: .replace("1"), events: [], effects: [], principal: "null"))
-                    == .committed(version: 1))
-        }
         func change(_ index: Int, seen: Int64, to state: String, steps: Int64 = 1, token: String? = nil) -> CommitRequest {
             var request = CommitRequest(
                 key: keys[index], seenVersion: seen, change: .replace(state), events: [], effects: [], principal: "null",
@@ -148,14 +156,8 @@ extension EntityStoreTests {
     /// Commits of many entities at once share statements: fewer transactions than commits, and every commit's
     /// outcome is its own.
     @Test func concurrentCommitsShareGroupStatements() async throws {
-        let pool = try await Self.migratedPool()
+        let (pool, store, keys) = try await Self.seeded("c", count: 200, state: "0")
         defer { pool.close() }
-        let store = EntityStore(pool: pool, logger: Self.logger)
-        let keys = (0..<200).map { EntityKey(function: "counter", entity: "c\($0)") }
-        for key in keys {
-            _ = try await store.commit(
-                CommitRequest(key: key, seenVersion: 0, change: .replace("0"), events: [], effects: [], principal: "null"))
-        }
         let outcomes = try await withThrowingTaskGroup(of: CommitOutcome.self) { group in
             for (index, key) in keys.enumerated() {
                 group.addTask {
