@@ -75,7 +75,8 @@ final class Committer: Sendable {
     var queuedCommands: Int { mailboxes.queuedCount }
 
     init(
-        configuration: CommitterConfiguration, store: EntityStore, logger: Logger, metrics: RequestMetrics = RequestMetrics(),
+        configuration: CommitterConfiguration, store: EntityStore, logger: Logger,
+        metrics: RequestMetrics = RequestMetrics(),
         onEffects: @escaping @Sendable (Int64) -> Void = { _ in }, onEvents: @escaping @Sendable () -> Void = {}
     ) {
         self.configuration = configuration
@@ -189,7 +190,9 @@ final class Committer: Sendable {
                         ? .success(record.response())
                         : .failure(
                             GatewayError(
-                                422, "this Idempotency-Key was used for a different request; use a new key for a new request"))
+                                422,
+                                "this Idempotency-Key was used for a different request; use a new key for a new request"
+                            ))
                 }
                 // After a lost race, only the first half of what lost runs again: the fewer commands between the
                 // read and the compare-and-set, the likelier it wins. The rest follow, in order, once it has.
@@ -206,14 +209,16 @@ final class Committer: Sendable {
                     (snapshot, snapshotBytes) = try await store.loadMeasured(key)
                 }
                 if let expected = members[first].input.expectedVersion, expected != snapshot.version {
-                    answers[first] = .failure(GatewayError(412, "the entity is at version \(snapshot.version), not \(expected)"))
+                    answers[first] = .failure(
+                        GatewayError(412, "the entity is at version \(snapshot.version), not \(expected)"))
                     continue
                 }
 
                 // Each member runs on the state the one before it left.
                 var current = snapshot
                 var combined = CommitRequest(
-                    key: key, seenVersion: snapshot.version, change: .unchanged, events: [], effects: [], principal: "null")
+                    key: key, seenVersion: snapshot.version, change: .unchanged, events: [], effects: [],
+                    principal: "null")
                 combined.steps = 0
                 var decided: [Decided] = []
                 for index in running {
@@ -226,7 +231,9 @@ final class Committer: Sendable {
                         continue
                     }
                     if let commit = decision.commit {
-                        if case .unchanged = commit.change {} else {
+                        switch commit.change {
+                        case .unchanged: break
+                        case .replace, .delete:
                             combined.change = commit.change
                             combined.steps += 1
                             current = EntitySnapshot(state: decision.newState, version: commit.versionAfter)
@@ -251,7 +258,8 @@ final class Committer: Sendable {
                     cache.put(key, snapshot, encodedBytes: snapshotBytes)
                     outcome = .committed(version: snapshot.version)
                 } else {
-                    outcome = try await commitThroughGate(combined, leases: decided.map { members[$0.index].input.lease })
+                    outcome = try await commitThroughGate(
+                        combined, leases: decided.map { members[$0.index].input.lease })
                 }
                 switch outcome {
                 case .committed(let version):
@@ -259,7 +267,9 @@ final class Committer: Sendable {
                     if !combined.events.isEmpty { onEvents() }
                     switch combined.change {
                     case .replace(let encoded):
-                        cache.put(key, EntitySnapshot(state: current.state, version: version), encodedBytes: encoded.utf8.count)
+                        cache.put(
+                            key, EntitySnapshot(state: current.state, version: version),
+                            encodedBytes: encoded.utf8.count)
                     case .delete: cache.put(key, EntitySnapshot(state: .null, version: version), encodedBytes: 4)
                     case .unchanged where cached == nil: cache.put(key, snapshot, encodedBytes: snapshotBytes)
                     case .unchanged: break
@@ -281,7 +291,8 @@ final class Committer: Sendable {
                     let now = clock.now
                     // A lost race is always run again once, however slow the first run was; the budget decides after.
                     if now < deadline || attempt == 1 {
-                        // Full jitter over an exponential ceiling (4 ms doubling to 64 ms), cut to what the budget leaves.
+                        // Full jitter over an exponential ceiling (4 ms doubling to 64 ms), cut to what the budget
+                        // leaves.
                         let ceiling = Double(2 << min(attempt, 5)) / 1000
                         let pause = min(Duration.seconds(Double.random(in: 0...ceiling)), max(.zero, deadline - now))
                         try await Task.sleep(for: pause)
@@ -308,7 +319,9 @@ final class Committer: Sendable {
     /// commit read back after a lost COMMIT (or a twin through another replica) stored one just now; otherwise 409,
     /// or 503 when the commit kept failing rather than losing.
     private func giveUp(_ input: CommandInput, outcome: CommitOutcome, attempts: Int) async throws -> HTTPResponse {
-        if let claim = input.claim, let stored = try await store.record(for: claim), stored.fingerprint == claim.fingerprint {
+        if let claim = input.claim, let stored = try await store.record(for: claim),
+            stored.fingerprint == claim.fingerprint
+        {
             return stored.response()
         }
         if case .notLanded(let certain) = outcome {

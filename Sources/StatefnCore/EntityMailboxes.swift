@@ -26,9 +26,9 @@ public struct EntityKey: Hashable, Sendable {
 }
 
 /// One mailbox per busy entity. The command that finds the entity free leads: it may take the commands queued
-/// behind it (those `joins` accepts beside it, in arrival order, up to the first it does not) into one batch, which `body` runs
-/// one after another and commits once; each of them gets its own answer from that batch. Then the entity passes to
-/// the next command queued, which leads the next batch.
+/// behind it (those `joins` accepts beside it, in arrival order, up to the first it does not) into one batch, which
+/// `body` runs one after another and commits once; each of them gets its own answer from that batch. Then the entity
+/// passes to the next command queued, which leads the next batch.
 final class EntityMailboxes<Member: Sendable, Answer: Sendable>: Sendable {
     private enum Turn: Sendable {
         case lead
@@ -46,7 +46,8 @@ final class EntityMailboxes<Member: Sendable, Answer: Sendable>: Sendable {
     /// of its own, led by it (with up to `maxBatch - 1` queued members that `joins(member, queued)` accepts), or in
     /// the batch another member leads. `body` returns one answer per member, in order.
     func run(
-        _ key: EntityKey, _ member: Member, maxBatch: Int, joins: @Sendable (_ leader: Member, _ queued: Member) -> Bool,
+        _ key: EntityKey, _ member: Member, maxBatch: Int,
+        joins: @Sendable (_ leader: Member, _ queued: Member) -> Bool,
         _ body: ([Member]) async -> [Answer]
     ) async -> Answer {
         let turn = await withCheckedContinuation { (continuation: CheckedContinuation<Turn, Never>) in

@@ -266,7 +266,9 @@ final class EntityStore: Sendable {
                     $0.statements += 1
                     $0.commits += batch.count
                 }
-                return batch.map { .success(committed.contains($0.key) ? .committed(version: $0.versionAfter) : .conflict) }
+                return batch.map {
+                    .success(committed.contains($0.key) ? .committed(version: $0.versionAfter) : .conflict)
+                }
             } catch let error as PostgresError where error.code == .connectionFailed && attempt == 1 {
                 // Lost before the statement went out (that one throws OutcomeUnknown): nothing was committed.
                 Self.countRetry(sqlState: error.sqlState ?? "08006")
@@ -281,10 +283,16 @@ final class EntityStore: Sendable {
                 return await withTaskGroup(of: (Int, Result<CommitOutcome, any Error>).self) { group in
                     for (index, request) in batch.enumerated() {
                         group.addTask {
-                            (index, await result { try await self.readBack(request, cause: error.cause, sessionGone: sessionGone) })
+                            (
+                                index,
+                                await result {
+                                    try await self.readBack(request, cause: error.cause, sessionGone: sessionGone)
+                                }
+                            )
                         }
                     }
-                    var results = [Result<CommitOutcome, any Error>](repeating: .failure(error.cause), count: batch.count)
+                    var results = [Result<CommitOutcome, any Error>](
+                        repeating: .failure(error.cause), count: batch.count)
                     for await (index, outcome) in group { results[index] = outcome }
                     return results
                 }
@@ -312,7 +320,9 @@ final class EntityStore: Sendable {
                         throw error
                     }
                 }
-            } catch let error as PostgresError where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts {
+            } catch let error as PostgresError
+                where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts
+            {
                 logger.debug(
                     "commit retried", metadata: ["sqlstate": "\(error.sqlState ?? "")", "attempt": "\(attempt)"])
                 Self.countRetry(sqlState: error.sqlState)
@@ -346,7 +356,8 @@ final class EntityStore: Sendable {
     /// under the same key, landed: replay it) or it is not (nothing landed: run again; a twin still in flight holds
     /// the key's row, so the next attempt waits for it). Without one, an unmoved version proves nothing landed, but
     /// only once the old session is known to be gone; a moved version proves nothing either way.
-    private func resolve(_ request: CommitRequest, cause: PostgresError, backend: Int32?) async throws -> CommitOutcome {
+    private func resolve(_ request: CommitRequest, cause: PostgresError, backend: Int32?) async throws -> CommitOutcome
+    {
         try await readBack(request, cause: cause, sessionGone: await endSession(backend))
     }
 
@@ -374,7 +385,8 @@ final class EntityStore: Sendable {
                 }
                 if version == request.seenVersion { return .notLanded(certain: true) }
                 throw CommitUncertain(
-                    detail: "the entity moved from version \(request.seenVersion) to \(version), by this commit or another")
+                    detail:
+                        "the entity moved from version \(request.seenVersion) to \(version), by this commit or another")
             } catch let error as PostgresError {
                 lastError = error
                 try await Task.sleep(for: .milliseconds(100 * attempt))
@@ -513,8 +525,10 @@ final class EntityStore: Sendable {
                     INSERT INTO outbox (function, entity_id, command, payload, not_before, source_function, source_entity)
                     VALUES ($1, $2, $3, $4::jsonb, now() + $5::bigint * INTERVAL '1 millisecond', $6, $7)
                     """,
-                    [effect.function, effect.entity, effect.command, effect.payload, String(effect.delayMs),
-                     key.function, key.entity])
+                    [
+                        effect.function, effect.entity, effect.command, effect.payload, String(effect.delayMs),
+                        key.function, key.entity,
+                    ])
             }
             for record in request.records { _ = try insertRecord(record, onlyIfAt: nil, on: db) }
             // Delivered at COMMIT, and only if it commits.
@@ -583,7 +597,8 @@ final class EntityStore: Sendable {
             """
             UPDATE entities SET state = $3::jsonb, version = $5::bigint, updated_at = now()
             WHERE function = $1 AND entity_id = $2 AND version = $4
-            """, [
+            """,
+            [
                 request.key.function, request.key.entity, state, String(request.seenVersion),
                 String(request.versionAfter),
             ])

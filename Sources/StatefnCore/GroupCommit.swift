@@ -86,7 +86,9 @@ final class CommitGroups<Request: Sendable, Key: Hashable & Sendable, Outcome: S
             let error = GatewayError(500, "a group commit returned \(results.count) results for \(batch.count) commits")
             results = Array(repeating: .failure(error), count: batch.count)
         }
-        for (waiter, result) in zip(followers, results.dropFirst()) { waiter.continuation.resume(returning: .done(result)) }
+        for (waiter, result) in zip(followers, results.dropFirst()) {
+            waiter.continuation.resume(returning: .done(result))
+        }
         let next = state.withLock { state -> Waiter? in
             guard let next = state.queue.popFirst() else {
                 state.openLanes -= 1

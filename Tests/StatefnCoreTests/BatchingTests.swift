@@ -2,7 +2,6 @@
 // The worker here is a closure, so that a test can hold the entity while it queues exactly the commands it wants;
 // the end-to-end suite drives the same path with real worker processes.
 import Logging
-@testable import StatefnCore
 import StatefnHTTP
 import StatefnJSON
 import StatefnPostgres
@@ -10,6 +9,8 @@ import StatefnTestSupport
 import StatefnWorkers
 import Synchronization
 import Testing
+
+@testable import StatefnCore
 
 @Suite("hot-entity batches", .timeLimit(.minutes(2)))
 struct BatchingTests {
@@ -26,7 +27,8 @@ struct BatchingTests {
         let store = EntityStore(pool: pool, logger: EntityStoreTests.logger)
         return Setup(
             pool: pool, store: store,
-            committer: Committer(configuration: CommitterConfiguration(), store: store, logger: EntityStoreTests.logger))
+            committer: Committer(configuration: CommitterConfiguration(), store: store, logger: EntityStoreTests.logger)
+        )
     }
 
     static func input(_ entity: String, key token: String? = nil, ifMatch: Int64? = nil) -> CommandInput {
@@ -78,7 +80,9 @@ struct BatchingTests {
 
     static func text(_ answer: Result<HTTPResponse, any Error>) -> String {
         switch answer {
-        case .success(let response): "\(response.status) \(String(decoding: response.body, as: UTF8.self)) \(response.headers.first { $0.name == "ETag" }?.value ?? "-")"
+        case .success(let response):
+            "\(response.status) \(String(decoding: response.body, as: UTF8.self)) "
+                + (response.headers.first { $0.name == "ETag" }?.value ?? "-")
         case .failure(let error as GatewayError): "\(error.status)"
         case .failure(let error): "\(error)"
         }
@@ -98,9 +102,12 @@ struct BatchingTests {
             return Self.answer(["reply": "removed", "delete": true])
         }
         let answers = try await Self.run(
-            setup.committer, entity: "cd", first: Self.input("cd"), then: [(Self.input("cd"), set), (Self.input("cd"), remove)])
+            setup.committer, entity: "cd", first: Self.input("cd"),
+            then: [(Self.input("cd"), set), (Self.input("cd"), remove)])
         #expect(answers.map(Self.text) == [#"200 "held" "0""#, #"200 "set" "1""#, #"200 "removed" "2""#])
-        #expect(try await setup.store.load(EntityKey(function: "f", entity: "cd")) == EntitySnapshot(state: .null, version: 2))
+        #expect(
+            try await setup.store.load(EntityKey(function: "f", entity: "cd"))
+                == EntitySnapshot(state: .null, version: 2))
         #expect(setup.committer.batchStatistics.batches == 2)
         #expect(runs.withLock { $0 } == 2, "the batch lost its commit and ran again")
     }
@@ -114,7 +121,9 @@ struct BatchingTests {
             setup.committer, entity: "fa", first: Self.input("fa"),
             then: [(Self.input("fa"), Self.incr), (Self.input("fa"), crash), (Self.input("fa"), Self.incr)])
         #expect(answers.map(Self.text) == [#"200 "held" "0""#, #"200 {"n":1} "1""#, "502", #"200 {"n":2} "2""#])
-        #expect(try await setup.store.load(EntityKey(function: "f", entity: "fa")) == EntitySnapshot(state: ["n": 2], version: 2))
+        #expect(
+            try await setup.store.load(EntityKey(function: "f", entity: "fa"))
+                == EntitySnapshot(state: ["n": 2], version: 2))
     }
 
     @Test("commands with and without Idempotency-Keys, and with If-Match, never share a batch; order holds")

@@ -1,17 +1,19 @@
 // Migrations and compare-and-set commits against a real PostgreSQL that the tests start themselves.
 import Logging
-@testable import StatefnCore
 import StatefnJSON
 import StatefnPostgres
 import StatefnTestSupport
 import Testing
+
+@testable import StatefnCore
 
 @Suite("entity store on PostgreSQL", .timeLimit(.minutes(3)))
 struct EntityStoreTests {
     static let logger = Logger(label: "test")
 
     static func migratedPool() async throws -> PostgresPool {
-        let pool = PostgresPool(config: try PostgresConfig(try await TestDatabase.createDatabase()), size: 4, logger: logger)
+        let pool = PostgresPool(
+            config: try PostgresConfig(try await TestDatabase.createDatabase()), size: 4, logger: logger)
         let migrator = try Migrator(directory: GatewayProcess.repositoryRoot + "/migrations")
         try await migrator.apply(on: pool, logger: logger)
         return pool
@@ -21,7 +23,9 @@ struct EntityStoreTests {
         let database = try await TestDatabase.createDatabase()
         let migrator = try Migrator(directory: GatewayProcess.repositoryRoot + "/migrations")
         #expect(migrator.migrations.first?.name == "0001_init")
-        let pools = try (0..<3).map { _ in PostgresPool(config: try PostgresConfig(database), size: 1, logger: Self.logger) }
+        let pools = try (0..<3).map { _ in
+            PostgresPool(config: try PostgresConfig(database), size: 1, logger: Self.logger)
+        }
         let applied = try await withThrowingTaskGroup(of: [String].self) { group in
             for pool in pools { group.addTask { try await migrator.apply(on: pool, logger: Self.logger) } }
             return try await group.reduce(into: []) { $0 += $1 }
@@ -37,15 +41,19 @@ struct EntityStoreTests {
         defer { pool.close() }
         let store = EntityStore(pool: pool, logger: Self.logger)
         let key = EntityKey(function: "counter", entity: "a")
-        func commit(_ seen: Int64, _ change: CommitRequest.Change, events: [String] = []) async throws -> CommitOutcome {
+        func commit(_ seen: Int64, _ change: CommitRequest.Change, events: [String] = []) async throws -> CommitOutcome
+        {
             try await store.commit(
-                CommitRequest(key: key, seenVersion: seen, change: change, events: events, effects: [], principal: "null"))
+                CommitRequest(
+                    key: key, seenVersion: seen, change: change, events: events, effects: [], principal: "null"))
         }
 
         #expect(try await store.load(key) == .absent)
         #expect(try await commit(0, .replace(#"{"value":1}"#)) == .committed(version: 1))
         #expect(try await commit(0, .replace(#"{"value":9}"#)) == .conflict, "a lost insert race is a conflict")
-        #expect(try await commit(1, .replace(#"{"value":2}"#), events: [#"{"type":"a"}"#, #"{"type":"b"}"#]) == .committed(version: 2))
+        #expect(
+            try await commit(1, .replace(#"{"value":2}"#), events: [#"{"type":"a"}"#, #"{"type":"b"}"#])
+                == .committed(version: 2))
         #expect(try await commit(1, .replace(#"{"value":3}"#)) == .conflict, "a stale version is a conflict")
         #expect(try await store.load(key) == EntitySnapshot(state: ["value": 2], version: 2))
 
@@ -65,9 +73,11 @@ struct EntityStoreTests {
         defer { pool.close() }
         let store = EntityStore(pool: pool, logger: Self.logger)
         let key = EntityKey(function: "cart", entity: "bob")
-        let effect = CommitRequest.Effect(function: "inventory", entity: "rose", command: "reserve", payload: #"{"qty":2}"#, delayMs: 3_600_000)
+        let effect = CommitRequest.Effect(
+            function: "inventory", entity: "rose", command: "reserve", payload: #"{"qty":2}"#, delayMs: 3_600_000)
         let outcome = try await store.commit(
-            CommitRequest(key: key, seenVersion: 0, change: .replace("{}"), events: [], effects: [effect], principal: "null"))
+            CommitRequest(
+                key: key, seenVersion: 0, change: .replace("{}"), events: [], effects: [effect], principal: "null"))
         #expect(outcome == .committed(version: 1))
         let rows = try await pool.execute(
             "SELECT function, entity_id, command, payload::text, not_before > now() FROM outbox")
@@ -75,7 +85,8 @@ struct EntityStoreTests {
 
         // A conflicting commit writes no outbox row.
         let lost = try await store.commit(
-            CommitRequest(key: key, seenVersion: 0, change: .replace("{}"), events: [], effects: [effect], principal: "null"))
+            CommitRequest(
+                key: key, seenVersion: 0, change: .replace("{}"), events: [], effects: [effect], principal: "null"))
         #expect(lost == .conflict)
         #expect(try await pool.execute("SELECT count(*) FROM outbox").rows == [["1"]])
     }
@@ -87,7 +98,9 @@ struct EntityStoreTests {
         let key = EntityKey(function: "cart", entity: "n")
         let state = try JSONValue.parse(#"{"price":99.99,"ref":9007199254740993,"tiny":1.5e-7}"#, limits: .client)
         _ = try await store.commit(
-            CommitRequest(key: key, seenVersion: 0, change: .replace(state.encodedString()), events: [], effects: [], principal: "null"))
+            CommitRequest(
+                key: key, seenVersion: 0, change: .replace(state.encodedString()), events: [], effects: [],
+                principal: "null"))
         let loaded = try await store.load(key)
         #expect(loaded.state["price"] == .double(99.99))
         #expect(loaded.state["ref"] == .integer(9007199254740993))
@@ -106,7 +119,8 @@ extension EntityStoreTests {
         let keys = (0..<count).map { EntityKey(function: "counter", entity: "\(prefix)\($0)") }
         for key in keys {
             let outcome = try await store.commit(
-                CommitRequest(key: key, seenVersion: 0, change: .replace(state), events: [], effects: [], principal: "null"))
+                CommitRequest(
+                    key: key, seenVersion: 0, change: .replace(state), events: [], effects: [], principal: "null"))
             #expect(outcome == .committed(version: 1))
         }
         return (pool, store, keys)
@@ -124,9 +138,12 @@ extension EntityStoreTests {
     @Test func aGroupCommitKeepsEachMembersOutcomeItsOwn() async throws {
         let (pool, store, keys) = try await Self.seeded("g", count: 5, state: "1")
         defer { pool.close() }
-        func change(_ index: Int, seen: Int64, to state: String, steps: Int64 = 1, token: String? = nil) -> CommitRequest {
+        func change(_ index: Int, seen: Int64, to state: String, steps: Int64 = 1, token: String? = nil)
+            -> CommitRequest
+        {
             var request = CommitRequest(
-                key: keys[index], seenVersion: seen, change: .replace(state), events: [], effects: [], principal: "null",
+                key: keys[index], seenVersion: seen, change: .replace(state), events: [], effects: [],
+                principal: "null",
                 records: token.map { [Self.record(keys[index], token: $0, body: state)] } ?? [])
             request.steps = steps
             #expect(request.isGroupable)
@@ -139,7 +156,9 @@ extension EntityStoreTests {
         #expect(outcomes == [.committed(version: 2), .conflict, .committed(version: 4), .committed(version: 2)])
         #expect(try await store.load(keys[1]) == EntitySnapshot(state: 1, version: 1), "the stale member wrote nothing")
         #expect(try await store.load(keys[2]) == EntitySnapshot(state: 12, version: 4))
-        #expect(try await store.load(keys[3]).state == ["back": "\\", "quote": "\""], "quotes and backslashes survive the array")
+        #expect(
+            try await store.load(keys[3]).state == ["back": "\\", "quote": "\""],
+            "quotes and backslashes survive the array")
         let records = try await pool.execute("SELECT entity_id, key FROM idempotency ORDER BY key").rows
         #expect(records == [["g0", "k0"]], "a record goes in only with its entity's write")
 
@@ -164,7 +183,8 @@ extension EntityStoreTests {
                     // Every fifth is stale.
                     try await store.commit(
                         CommitRequest(
-                            key: key, seenVersion: index % 5 == 0 ? 9 : 1, change: .replace("1"), events: [], effects: [],
+                            key: key, seenVersion: index % 5 == 0 ? 9 : 1, change: .replace("1"), events: [],
+                            effects: [],
                             principal: "null"))
                 }
             }

@@ -1,7 +1,8 @@
-// An entity's commands run one at a time, in arrival order.
-@testable import StatefnCore
 import Synchronization
 import Testing
+
+// An entity's commands run one at a time, in arrival order.
+@testable import StatefnCore
 
 @Suite("entity mailboxes", .timeLimit(.minutes(1)))
 struct MailboxTests {
@@ -69,7 +70,9 @@ struct MailboxTests {
         try await withThrowingTaskGroup(of: Bool.self) { group in
             for i in 0..<8 {
                 group.addTask {
-                    await mailboxes.run(EntityKey(function: "f", entity: "e\(i)"), i, maxBatch: 64, joins: { _, _ in true }) { _ in
+                    await mailboxes.run(
+                        EntityKey(function: "f", entity: "e\(i)"), i, maxBatch: 64, joins: { _, _ in true }
+                    ) { _ in
                         probe.enter()
                         // Each holds its entity until all eight are in: were they serialized, none would get there.
                         let allIn = await until { probe.entered == 8 }

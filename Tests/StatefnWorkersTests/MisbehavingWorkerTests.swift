@@ -122,8 +122,9 @@ import Testing
             let stubborn = fixture("stubborn")
             #expect(stubborn.manifest.timeoutMs == 1000)
             async let outcome = failure { try await pool.invoke(stubborn, request: request("t")) }
-            // The worker as the pool spawned it, seen in the process table before its deadline.
-            let sighted = await sightWorker(of: "stubborn", in: pool)
+            // The worker as the pool spawned it (its "started" line gives its pid), seen in the process table
+            // before its deadline.
+            let sighted = await sightWorker(of: "stubborn", in: pool, recorder: recorder)
             // Its death, as a thread of this test's own sees it in the process table (not when Swift's two
             // cooperative threads, busy with other tests, get round to looking).
             let died = Mutex<Date?>(nil)

@@ -150,16 +150,37 @@ func remains(ofPid pid: Int32, in table: [ProcessEntry] = processTable()) -> [Pr
 /// Waits for a worker of `function` to show in the process table as the pool spawned it: a pid from the pool's
 /// own record (`status().pids`), a child of this process, leading a process group of its own, not yet reaped, and
 /// running `command` if one is given (`sleep` for a script that exec'd into sleep). Returns it as the table showed it.
+///
+/// With `recorder`, for a fixture that writes to stderr as it starts, the pids come from those lines as the pool
+/// logs them, and a thread of the test's own looks in /proc: neither waits for Swift's cooperative threads, which
+/// other tests running beside this one can keep busy for longer than a short-lived worker lives.
 func sightWorker(
-    of function: String, in pool: WorkerPool, running command: String? = nil, seconds: Double = 10
+    of function: String, in pool: WorkerPool, running command: String? = nil, recorder: LogRecorder? = nil,
+    seconds: Double = 10
 ) async -> ProcessEntry? {
     let me = getpid()
+    @Sendable func isTheWorker(_ entry: ProcessEntry) -> Bool {
+        entry.ppid == me && entry.pgid == entry.pid && entry.state != "Z" && (command == nil || entry.command == command)
+    }
+    if let recorder {
+        let found = Mutex<ProcessEntry?>(nil)
+        let watcher = OwnThread {
+            let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+            while ContinuousClock.now < deadline {
+                let pids = spawnedPids(of: function, in: recorder)
+                if let entry = pids.lazy.compactMap({ ProcessEntry(pid: $0) }).first(where: isTheWorker) {
+                    found.withLock { $0 = entry }
+                    return
+                }
+                usleep(1000)
+            }
+        }
+        await watcher.finished()
+        return found.withLock { $0 }
+    }
     return await eventuallyValue(seconds: seconds, every: .milliseconds(2)) {
         let pids = await pool.status().filter { $0.function == function }.flatMap(\.pids)
-        return pids.lazy.compactMap { ProcessEntry(pid: $0) }.first { entry in
-            entry.ppid == me && entry.pgid == entry.pid && entry.state != "Z"
-                && (command == nil || entry.command == command)
-        }
+        return pids.lazy.compactMap { ProcessEntry(pid: $0) }.first(where: isTheWorker)
     }
 }
 
