@@ -298,11 +298,20 @@ final class Committer: Sendable {
                         try await Task.sleep(for: pause)
                         continue
                     }
-                    // Those that never got to run share the answer: the budget is spent for all of them.
-                    for index in members.indices where answers[index] == nil {
-                        answers[index] = await result {
-                            try await self.giveUp(members[index].input, outcome: outcome, attempts: attempt)
-                        }
+                    // The budget is spent for every member not yet answered, those that never got to run
+                    // included. A commit read back after a lost COMMIT, or a twin through another replica, may
+                    // have stored a member's answer just now: that answer, not an error, is the truth (one query).
+                    let unanswered = members.indices.filter { answers[$0] == nil }
+                    let keyed = unanswered.filter { members[$0].input.claim != nil }
+                    let stored = try await store.records(for: keyed.map { members[$0].input.claim! })
+                    var replays: [Int: StoredAnswer] = [:]
+                    for (index, record) in zip(keyed, stored)
+                    where record?.fingerprint == members[index].input.claim!.fingerprint {
+                        replays[index] = record
+                    }
+                    let spent = budgetSpent(outcome, attempts: attempt)
+                    for index in unanswered {
+                        answers[index] = replays[index].map { .success($0.response()) } ?? .failure(spent)
                     }
                     return answers.map { $0! }
                 }
@@ -315,17 +324,11 @@ final class Committer: Sendable {
         }
     }
 
-    /// The answer to a command whose commits kept losing until the budget was spent: its stored answer, when a
-    /// commit read back after a lost COMMIT (or a twin through another replica) stored one just now; otherwise 409,
-    /// or 503 when the commit kept failing rather than losing.
-    private func giveUp(_ input: CommandInput, outcome: CommitOutcome, attempts: Int) async throws -> HTTPResponse {
-        if let claim = input.claim, let stored = try await store.record(for: claim),
-            stored.fingerprint == claim.fingerprint
-        {
-            return stored.response()
-        }
+    /// The error for commands whose commits kept losing until the budget was spent: 409, or 503 when the commit
+    /// kept failing rather than losing.
+    private func budgetSpent(_ outcome: CommitOutcome, attempts: Int) -> GatewayError {
         if case .notLanded(let certain) = outcome {
-            throw GatewayError(
+            return GatewayError(
                 503,
                 certain
                     ? "the database kept failing the commit; nothing was committed after \(attempts) runs in"
@@ -334,7 +337,7 @@ final class Committer: Sendable {
                         + " command may or may not have taken effect; retry with the same Idempotency-Key to be safe",
                 headers: [(name: "Retry-After", value: "1")])
         }
-        throw GatewayError(
+        return GatewayError(
             409, "the entity kept changing; gave up after \(attempts) runs in \(configuration.conflictBudget)",
             headers: [(name: "Retry-After", value: "1")])
     }

@@ -151,7 +151,7 @@ final class EntityStore: Sendable {
     }
 
     /// The stored answer under `claim`'s key, if there is one (expired or not: the sweeper removes expired ones).
-    func record(for claim: IdempotencyClaim) async throws -> StoredAnswer? {
+    private func record(for claim: IdempotencyClaim) async throws -> StoredAnswer? {
         let result = try await pool.read(
             """
             SELECT request_hash, status, response, etag FROM idempotency
@@ -253,15 +253,7 @@ final class EntityStore: Sendable {
         var attempt = 1
         while true {
             do {
-                let committed = try await pool.withConnection { connection in
-                    let backend = connection.backendPID
-                    do {
-                        return try Self.commitGroup(batch, on: connection)
-                    } catch var error as OutcomeUnknown {
-                        error.backend = backend
-                        throw error
-                    }
-                }
+                let committed = try await withCommitConnection { try Self.commitGroup(batch, on: $0) }
                 groupCounts.withLock {
                     $0.statements += 1
                     $0.commits += batch.count
@@ -307,19 +299,27 @@ final class EntityStore: Sendable {
         }
     }
 
+    /// Runs a commit on a pool connection; an unknown outcome it throws carries that connection's server process,
+    /// which `resolve` must see end before it reads back.
+    private func withCommitConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T)
+        async throws -> T
+    {
+        try await pool.withConnection { connection in
+            let backend = connection.backendPID
+            do {
+                return try body(connection)
+            } catch var error as OutcomeUnknown {
+                error.backend = backend
+                throw error
+            }
+        }
+    }
+
     private func commitAlone(_ request: CommitRequest) async throws -> CommitOutcome {
         var attempt = 1
         while true {
             do {
-                return try await pool.withConnection { connection in
-                    let backend = connection.backendPID
-                    do {
-                        return try Self.commit(request, on: connection, notifies: self.notifies)
-                    } catch var error as OutcomeUnknown {
-                        error.backend = backend
-                        throw error
-                    }
-                }
+                return try await withCommitConnection { try Self.commit(request, on: $0, notifies: self.notifies) }
             } catch let error as PostgresError
                 where error.isRetryableTransactionFailure && attempt < maxTransactionAttempts
             {

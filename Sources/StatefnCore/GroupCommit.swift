@@ -81,11 +81,8 @@ final class CommitGroups<Request: Sendable, Key: Hashable & Sendable, Outcome: S
             state.queue.prepend(skipped)
             return taken
         }
-        var results = await run(batch)
-        if results.count != batch.count {
-            let error = GatewayError(500, "a group commit returned \(results.count) results for \(batch.count) commits")
-            results = Array(repeating: .failure(error), count: batch.count)
-        }
+        let results = await run(batch)
+        precondition(results.count == batch.count, "a group of \(batch.count) got \(results.count) results")
         for (waiter, result) in zip(followers, results.dropFirst()) {
             waiter.continuation.resume(returning: .done(result))
         }
