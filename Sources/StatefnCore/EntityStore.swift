@@ -461,7 +461,8 @@ final class EntityStore: Sendable {
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
                 AS i(function, entity_id, state, seen, next)
         ), written AS (
-            UPDATE entities AS e SET state = i.state::jsonb, version = i.next, updated_at = now()
+            UPDATE entities AS e SET state = i.state::jsonb, version = i.next, updated_at = now(),
+                touched_at = \(touchedAt("e.touched_at"))
             FROM input AS i
             WHERE e.function = i.function AND e.entity_id = i.entity_id AND e.version = i.seen
             RETURNING e.function, e.entity_id
@@ -476,6 +477,12 @@ final class EntityStore: Sendable {
         )
         SELECT function, entity_id FROM written
         """
+
+    /// The new `touched_at` (migrations/0006): the old one while it is under a minute old, so that a commit
+    /// leaves every indexed column alone and PostgreSQL can update the row in place (a HOT update).
+    private static func touchedAt(_ old: String) -> String {
+        "CASE WHEN \(old) >= now() - INTERVAL '1 minute' THEN \(old) ELSE now() END"
+    }
 
     private struct OutcomeUnknown: Error {
         var cause: PostgresError
@@ -564,15 +571,15 @@ final class EntityStore: Sendable {
             // A batch that created the entity and deleted it again: its tombstone keeps the versions handed out.
             let result = try db.execute(
                 """
-                INSERT INTO entities (function, entity_id, state, version, updated_at)
-                VALUES ($1, $2, 'null'::jsonb, $3::bigint, now()) ON CONFLICT (function, entity_id) DO NOTHING
+                INSERT INTO entities (function, entity_id, state, version, updated_at, touched_at)
+                VALUES ($1, $2, 'null'::jsonb, $3::bigint, now(), now()) ON CONFLICT (function, entity_id) DO NOTHING
                 """, [key.function, key.entity, String(request.versionAfter)])
             return result.affectedRows == 1 ? .committed(version: request.versionAfter) : .conflict
         case .replace(let state) where request.seenVersion == 0:
             let result = try db.execute(
                 """
-                INSERT INTO entities (function, entity_id, state, version, updated_at)
-                VALUES ($1, $2, $3::jsonb, $4::bigint, now()) ON CONFLICT (function, entity_id) DO NOTHING
+                INSERT INTO entities (function, entity_id, state, version, updated_at, touched_at)
+                VALUES ($1, $2, $3::jsonb, $4::bigint, now(), now()) ON CONFLICT (function, entity_id) DO NOTHING
                 """, [key.function, key.entity, state, String(request.versionAfter)])
             return result.affectedRows == 1 ? .committed(version: request.versionAfter) : .conflict
         case .replace(let state):
@@ -595,7 +602,8 @@ final class EntityStore: Sendable {
     {
         let result = try db.execute(
             """
-            UPDATE entities SET state = $3::jsonb, version = $5::bigint, updated_at = now()
+            UPDATE entities SET state = $3::jsonb, version = $5::bigint, updated_at = now(),
+                touched_at = \(touchedAt("touched_at"))
             WHERE function = $1 AND entity_id = $2 AND version = $4
             """,
             [

@@ -24,15 +24,18 @@ struct ExpiryStore: Sendable {
     /// version + 1), like a delete, so a version is never reused. Returns how many. The age is checked again on the
     /// row itself, not only in the subquery: a commit that lands on a chosen row while the sweep waits for its lock
     /// makes it young again (PostgreSQL re-checks the outer condition on the new row version), and it stays.
+    /// Candidates are found by `touched_at` (indexed, never later than `updated_at`; NULL on rows no commit has
+    /// touched since migration 0006) and kept by `updated_at`.
     func expireStates(of function: String, ttlMs: Int, limit: Int) async throws -> Int {
         try await pool.execute(
             """
-            UPDATE entities SET state = 'null'::jsonb, version = version + 1, updated_at = now()
+            UPDATE entities SET state = 'null'::jsonb, version = version + 1, updated_at = now(), touched_at = now()
             WHERE function = $1 AND updated_at < now() - $2::bigint * INTERVAL '1 millisecond'
                 AND state <> 'null'::jsonb AND entity_id IN (
                 SELECT entity_id FROM entities
-                WHERE function = $1 AND updated_at < now() - $2::bigint * INTERVAL '1 millisecond'
-                    AND state <> 'null'::jsonb
+                WHERE function = $1
+                    AND (touched_at < now() - $2::bigint * INTERVAL '1 millisecond' OR touched_at IS NULL)
+                    AND updated_at < now() - $2::bigint * INTERVAL '1 millisecond' AND state <> 'null'::jsonb
                 LIMIT $3::bigint)
             """, [function, String(ttlMs), String(limit)]
         ).affectedRows

@@ -197,4 +197,68 @@ extension EntityStoreTests {
         let grouped = store.groupStatistics
         #expect(grouped.statements > 0 && grouped.commits > grouped.statements, "\(grouped): nothing was grouped")
     }
+
+    /// A commit that only changes state leaves every indexed column as it was (migrations/0006), so PostgreSQL
+    /// updates the row in place: a HOT update, which writes no index and leaves less to vacuum. Alone or grouped.
+    @Test func stateChangesAreHOTUpdates() async throws {
+        let (pool, store, keys) = try await Self.seeded("h", count: 20, state: "0")
+        defer { pool.close() }
+        for round in 1...10 {
+            let outcomes = try await withThrowingTaskGroup(of: CommitOutcome.self) { group in
+                for key in keys {
+                    group.addTask {
+                        try await store.commit(
+                            CommitRequest(
+                                key: key, seenVersion: Int64(round), change: .replace("\(round)"), events: [],
+                                effects: [], principal: "null"))
+                    }
+                }
+                return try await group.reduce(into: [CommitOutcome]()) { $0.append($1) }
+            }
+            #expect(outcomes.allSatisfy { $0 == .committed(version: Int64(round) + 1) }, "round \(round)")
+        }
+        #expect(try await pool.execute("SELECT count(*) FROM entities WHERE version = 11").rows == [["20"]])
+        // Each backend reports its counts within a second or so of going idle, or at most after 10 s.
+        var counts: (updates: Int, hot: Int) = (0, 0)
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            let row = try await pool.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'entities'"
+            ).rows.first
+            counts = (Int(row?[0] ?? "") ?? 0, Int(row?[1] ?? "") ?? 0)
+            if counts.updates >= 200 { break }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        print("entities: \(counts.updates) updates, \(counts.hot) of them HOT")
+        #expect(counts.updates >= 200)
+        #expect(counts.hot * 10 >= counts.updates * 9, "\(counts): updates write the indexes")
+    }
+
+    /// The TTL sweeper finds candidates by `touched_at` and keeps to `updated_at`: a row from before migration
+    /// 0006 (no `touched_at`) expires, and one that another writer made young again without moving `touched_at`
+    /// stays.
+    @Test func expiryFindsEntitiesByTouchedAt() async throws {
+        let pool = try await Self.migratedPool()
+        defer { pool.close() }
+        _ = try await pool.execute(
+            """
+            INSERT INTO entities (function, entity_id, state, version, updated_at, touched_at) VALUES
+                ('f', 'old', '1', 1, now() - INTERVAL '2 hours', now() - INTERVAL '2 hours'),
+                ('f', 'unmarked', '1', 1, now() - INTERVAL '2 hours', NULL),
+                ('f', 'young-again', '1', 1, now(), now() - INTERVAL '2 hours'),
+                ('f', 'fresh', '1', 1, now(), now()),
+                ('g', 'other-function', '1', 1, now() - INTERVAL '2 hours', now() - INTERVAL '2 hours')
+            """)
+        let expiry = ExpiryStore(pool: pool)
+        #expect(try await expiry.expireStates(of: "f", ttlMs: 3_600_000, limit: 500) == 2)
+        let rows = try await pool.execute(
+            "SELECT entity_id, state::text, version, touched_at >= now() - INTERVAL '1 minute' FROM entities "
+                + "ORDER BY function, entity_id"
+        ).rows
+        #expect(
+            rows == [
+                ["fresh", "1", "1", "t"], ["old", "null", "2", "t"], ["unmarked", "null", "2", "t"],
+                ["young-again", "1", "1", "f"], ["other-function", "1", "1", "f"],
+            ])
+    }
 }
