@@ -3,6 +3,10 @@
 // mailbox holds the entity for the whole command instead.
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Identifies an entity: its function and id. Equal and hashed by UTF-8 bytes, as PostgreSQL compares them:
 /// Swift's `String ==` is canonical equivalence, under which `"é"` (U+00E9) and `"e\u{301}"` are one key for
 /// two rows (DESIGN.md section 9).
@@ -14,14 +18,31 @@ public struct EntityKey: Hashable, Sendable {
         self.entity = entity
     }
 
+    /// The same bytes, not Swift's canonical equivalence (DESIGN.md section 9).
     public static func == (a: EntityKey, b: EntityKey) -> Bool {
-        a.function.utf8.elementsEqual(b.function.utf8) && a.entity.utf8.elementsEqual(b.entity.utf8)
+        Self.sameBytes(a.entity, b.entity) && Self.sameBytes(a.function, b.function)
     }
 
     public func hash(into hasher: inout Hasher) {
-        for byte in function.utf8 { hasher.combine(byte) }
+        Self.combine(function, into: &hasher)
         hasher.combine(0xFF as UInt8)  // not a UTF-8 byte: separates the two parts
-        for byte in entity.utf8 { hasher.combine(byte) }
+        Self.combine(entity, into: &hasher)
+    }
+
+    /// Every map of entities hashes and compares keys on each request: by the buffer where there is one (a native
+    /// string always has one), byte by byte otherwise.
+    private static func combine(_ text: String, into hasher: inout Hasher) {
+        let done: Void? = text.utf8.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        if done == nil { Array(text.utf8).withUnsafeBytes { hasher.combine(bytes: $0) } }
+    }
+
+    private static func sameBytes(_ a: String, _ b: String) -> Bool {
+        let fast = a.utf8.withContiguousStorageIfAvailable { x in
+            b.utf8.withContiguousStorageIfAvailable { y in
+                x.count == y.count && (x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0)
+            }
+        }
+        return (fast ?? nil) ?? a.utf8.elementsEqual(b.utf8)
     }
 }
 

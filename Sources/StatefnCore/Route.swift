@@ -46,23 +46,36 @@ public struct RouteError: Error, Equatable, Sendable {
 extension Route {
     public static func parse(method: String, path: String) throws(RouteError) -> Route {
         let method = method == "HEAD" ? "GET" : method
-        switch path {
-        case "/healthz": return try only("GET", method, .healthz)
-        case "/readyz": return try only("GET", method, .readyz)
-        case "/metrics": return try only("GET", method, .metrics)
-        case "/openapi.yaml": return try only("GET", method, .openAPI)
-        default: break
-        }
-        guard path.hasPrefix("/v1/") else { throw RouteError(404, "no route for \(path)") }
-        let raw = path.dropFirst(4).split(separator: "/", omittingEmptySubsequences: false)
-        guard !raw.contains(where: \.isEmpty) else { throw RouteError(404, "no route for \(path)") }
-        var segments: [String] = []
-        for segment in raw {
-            guard let decoded = percentDecode(segment) else {
-                throw RouteError(400, "the path is not valid percent-encoded UTF-8")
+        guard path.utf8.starts(with: "/v1/".utf8) else {
+            switch path {
+            case "/healthz": return try only("GET", method, .healthz)
+            case "/readyz": return try only("GET", method, .readyz)
+            case "/metrics": return try only("GET", method, .metrics)
+            case "/openapi.yaml": return try only("GET", method, .openAPI)
+            default: throw RouteError(404, "no route for \(path)")
             }
-            segments.append(decoded)
         }
+        var segments: [String] = []
+        segments.reserveCapacity(3)
+        // By bytes: every request pays for this, and a String split would cost more than the rest of routing.
+        var failure: RouteError?
+        var contiguous = path
+        contiguous.withUTF8 { bytes in
+            var start = 4
+            for end in 4...bytes.count where end == bytes.count || bytes[end] == UInt8(ascii: "/") {
+                guard end > start, segments.count < 4 else {
+                    failure = RouteError(404, "no route for \(path)")
+                    return
+                }
+                guard let decoded = percentDecode(UnsafeBufferPointer(rebasing: bytes[start..<end])) else {
+                    failure = RouteError(400, "the path is not valid percent-encoded UTF-8")
+                    return
+                }
+                segments.append(decoded)
+                start = end + 1
+            }
+        }
+        if let failure { throw failure }
         switch segments.count {
         case 1 where segments[0] == "functions":
             return try only("GET", method, .functions)
@@ -135,6 +148,14 @@ extension Route {
     public static func validateEntity(_ id: String) throws(RouteError) {
         let count = id.utf8.count
         guard (1...256).contains(count) else { throw RouteError(400, "invalid entity id: it must be 1 to 256 bytes") }
+        // ASCII has no format characters: its controls and `/` are all there is to find, without Unicode tables.
+        if id.utf8.allSatisfy({ $0 < 0x80 }) {
+            if id.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) {
+                throw RouteError(400, "invalid entity id: no control characters")
+            }
+            if id.utf8.contains(UInt8(ascii: "/")) { throw RouteError(400, "invalid entity id: no '/'") }
+            return
+        }
         for scalar in id.unicodeScalars {
             switch scalar.properties.generalCategory {
             case .control:
@@ -149,10 +170,11 @@ extension Route {
     }
 
     /// Decodes `%XX` escapes; nil if an escape is malformed or the result is not UTF-8.
-    static func percentDecode(_ segment: Substring) -> String? {
+    static func percentDecode(_ segment: UnsafeBufferPointer<UInt8>) -> String? {
+        guard segment.contains(UInt8(ascii: "%")) else { return String(validating: segment, as: UTF8.self) }
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(segment.utf8.count)
-        var iterator = segment.utf8.makeIterator()
+        bytes.reserveCapacity(segment.count)
+        var iterator = segment.makeIterator()
         while let byte = iterator.next() {
             guard byte == UInt8(ascii: "%") else {
                 bytes.append(byte)

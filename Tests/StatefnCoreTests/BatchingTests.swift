@@ -169,5 +169,3 @@ struct BatchingTests {
         #expect(try await setup.store.load(EntityKey(function: "f", entity: "rp")).version == 2)
     }
 }
-
-extension Result<HTTPResponse, any Error>: @retroactive @unchecked Sendable {}

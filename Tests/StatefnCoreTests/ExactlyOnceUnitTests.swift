@@ -18,6 +18,16 @@ struct ExactlyOnceUnitTests {
                                     EntityKey(function: "cart", entity: "Kate")]
         #expect(keys.count == 4)
         #expect(EntityKey(function: "ab", entity: "c") != EntityKey(function: "a", entity: "bc"))
+        // The same bytes in other storage (small and large strings, built or sliced) are the same key.
+        let literal = EntityKey(function: "cart", entity: "an-entity-with-a-long-name-0001")
+        let built = EntityKey(function: "ca" + "rt", entity: ["an-entity-with-", "a-long-name-0001"].joined())
+        let sliced = EntityKey(
+            function: String(decoding: [0x63, 0x61, 0x72, 0x74], as: UTF8.self),
+            entity: String("/an-entity-with-a-long-name-0001/".dropFirst().dropLast()))
+        #expect(literal == built && built == sliced)
+        #expect(Set([literal, built, sliced]).count == 1)
+        #expect(literal.hashValue == built.hashValue && built.hashValue == sliced.hashValue)
+        #expect(EntityKey(function: "cart", entity: "") != EntityKey(function: "cart", entity: "a"))
     }
 
     @Test("JSON values are equal by bytes: a state whose strings or keys changed spelling has changed")
