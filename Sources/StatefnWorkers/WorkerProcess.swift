@@ -214,6 +214,9 @@ final class WorkerProcess: @unchecked Sendable {  // confined to the event loop 
             _ = loop.schedule(after: Teardown.graceMs) { self.tearDown(from: .terminate) }
         case .terminate:
             signalGroup(SIGTERM)
+            logger.debug(
+                "sent SIGTERM to the worker's process group; SIGKILL follows after the grace",
+                metadata: ["function": "\(function)", "pid": "\(pid)", "grace_ms": "\(Teardown.graceMs)"])
             _ = loop.schedule(after: Teardown.graceMs) { self.tearDown(from: .kill) }
         case .kill:
             signalGroup(SIGKILL)

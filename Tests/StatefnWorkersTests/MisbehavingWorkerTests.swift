@@ -142,14 +142,18 @@ import Testing
                 await eventuallyValue { recorder.messages(containing: "stubborn: got SIGTERM at ").first },
                 "the worker never got SIGTERM")
             #expect(term.metadata["pid"] == "\(worker.pid)")
-            let termNanoseconds = try #require(Double(term.message.split(separator: " ").last ?? ""))
-            let termAt = Date(timeIntervalSince1970: termNanoseconds / 1e9)
+            // When the pool sent SIGTERM, from its own log line: the worker's trap, a shell forking `date`, can run
+            // late on a loaded machine, so its own time only shows that the signal came.
+            let sent = try #require(
+                recorder.messages(containing: "sent SIGTERM to the worker's process group").first {
+                    $0.metadata["pid"] == "\(worker.pid)"
+                }, "the pool never logged sending SIGTERM")
             await deathWatch?.finished()
             let diedAt = try #require(died.withLock { $0 }, "\(worker) outlived its grace by far")
             // Alive for about the grace after SIGTERM: SIGTERM alone did not end it.
-            let lived = diedAt.timeIntervalSince(termAt)
+            let lived = diedAt.timeIntervalSince(sent.at)
             #expect(lived >= grace * 0.9, "killed \(lived) s after SIGTERM, before the \(grace) s grace")
-            #expect(lived < grace + 1, "killed \(lived) s after SIGTERM, long after the \(grace) s grace")
+            #expect(lived < grace + 3, "killed \(lived) s after SIGTERM, long after the \(grace) s grace")
             // SIGTERM was the only signal it could see; what ended it was one it cannot catch (SIGKILL).
             let signals = recorder.messages(containing: "stubborn: got SIG").map(\.message)
             #expect(signals.count == 1, "\(signals)")

@@ -53,6 +53,8 @@ final class LogRecorder: Sendable {
     struct Entry: Sendable {
         let message: String
         let metadata: Logger.Metadata
+        /// When it was logged: the logging call itself, on the thread that did what it says.
+        var at = Date()
     }
     private let entries = Mutex<[Entry]>([])
 
