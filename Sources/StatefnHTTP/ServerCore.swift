@@ -72,9 +72,13 @@ final class ServerCore: Sendable {
             let socket = try ListenSocket.open(host: configuration.host, port: configuration.port)
             // The daemon's callbacks reach the core through this reference; it is released after MHD_stop_daemon.
             let core = Unmanaged.passRetained(self)
+            // MHD_USE_TURBO: with epoll, a new connection is read at once (optimistically) rather than first added
+            // to epoll and read on its readiness event, and some shutdown() calls before close() are skipped; close()
+            // sends the same FIN when nothing is left unread, and a body over the limit is read and dropped first,
+            // up to its bound. About 6% less CPU per request (bench/RESULTS.md).
             let flags =
                 MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue | MHD_ALLOW_SUSPEND_RESUME.rawValue
-                | MHD_USE_ERROR_LOG.rawValue
+                | MHD_USE_ERROR_LOG.rawValue | MHD_USE_TURBO.rawValue
             guard
                 let pointer = cmhd_start_daemon(
                     flags, socket.descriptor, UInt32(max(1, configuration.threads)),
