@@ -32,7 +32,9 @@ public struct EntityKey: Hashable, Sendable {
     /// Every map of entities hashes and compares keys on each request: by the buffer where there is one (a native
     /// string always has one), byte by byte otherwise.
     private static func combine(_ text: String, into hasher: inout Hasher) {
-        let done: Void? = text.utf8.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        let done: Void? = text.utf8.withContiguousStorageIfAvailable {
+            hasher.combine(bytes: UnsafeRawBufferPointer($0))
+        }
         if done == nil { Array(text.utf8).withUnsafeBytes { hasher.combine(bytes: $0) } }
     }
 

@@ -478,7 +478,7 @@ final class EntityStore: Sendable {
         SELECT function, entity_id FROM written
         """
 
-    /// The new `touched_at` (migrations/0006): the old one while it is under a minute old, so that a commit
+    /// The new `touched_at` (migrations 0006 and 0007): the old one while it is under a minute old, so that a commit
     /// leaves every indexed column alone and PostgreSQL can update the row in place (a HOT update).
     private static func touchedAt(_ old: String) -> String {
         "CASE WHEN \(old) >= now() - INTERVAL '1 minute' THEN \(old) ELSE now() END"

@@ -198,7 +198,7 @@ extension EntityStoreTests {
         #expect(grouped.statements > 0 && grouped.commits > grouped.statements, "\(grouped): nothing was grouped")
     }
 
-    /// A commit that only changes state leaves every indexed column as it was (migrations/0006), so PostgreSQL
+    /// A commit that only changes state leaves every indexed column as it was (migrations 0006, 0007), so PostgreSQL
     /// updates the row in place: a HOT update, which writes no index and leaves less to vacuum. Alone or grouped.
     @Test func stateChangesAreHOTUpdates() async throws {
         let (pool, store, keys) = try await Self.seeded("h", count: 20, state: "0")

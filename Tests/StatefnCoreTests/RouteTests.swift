@@ -21,8 +21,10 @@ struct RouteTests {
             == .command(function: "cart", entity: "bob smith", command: "add", readonly: false))
         #expect(try Route.parse(method: "POST", path: "/v1/cart/%C3%A9l%C3%A8ve/add")
             == .command(function: "cart", entity: "élève", command: "add", readonly: false))
-        #expect(try Route.parse(method: "POST", path: "/v1/cart/élève/add")
-            == .command(function: "cart", entity: "élève", command: "add", readonly: false), "raw UTF-8 is taken as is")
+        #expect(
+            try Route.parse(method: "POST", path: "/v1/cart/élève/add")
+                == .command(function: "cart", entity: "élève", command: "add", readonly: false),
+            "raw UTF-8 is taken as is")
         #expect(try Route.parse(method: "GET", path: "/v1/cart/a%2525") == .rawState(function: "cart", entity: "a%25"))
     }
 
