@@ -19,8 +19,23 @@ public func runToEnd(
     process.standardOutput = stdout
     process.standardError = stderr ?? stdout
     process.standardInput = FileHandle.nullDevice
-    stdout.fileHandleForReading.readabilityHandler = output.drain
-    stderr?.fileHandleForReading.readabilityHandler = errors.drain
+    // Each pipe is read by a thread of its own with blocking reads, not by a readabilityHandler. That is a
+    // libdispatch read source, and tearing such sources down while other threads set up theirs can leave a freed
+    // epoll note reachable (swift-corelibs-libdispatch issue 949, open): it crashed a whole test run once, with
+    // SIGSEGV in _dispatch_event_loop_drain, while a test waited here.
+    let readers = [(stdout, output)] + (stderr.map { [($0, errors)] } ?? [])
+    let drained = DispatchSemaphore(value: 0)
+    for (pipe, buffer) in readers {
+        let handle = pipe.fileHandleForReading
+        Thread.detachNewThread {
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                buffer.append(chunk)
+            }
+            drained.signal()
+        }
+    }
     try process.run()
     let deadline = Date().addingTimeInterval(timeout)
     while process.isRunning, Date() < deadline { usleep(20_000) }
@@ -30,23 +45,15 @@ public func runToEnd(
         throw TestHTTPError(description: "\(executable) ran over \(Int(timeout)) s: \(output.text)")
     }
     process.waitUntilExit()
-    for (pipe, buffer) in [(stdout, output)] + (stderr.map { [($0, errors)] } ?? []) {
-        pipe.fileHandleForReading.readabilityHandler = nil
-        buffer.append(pipe.fileHandleForReading.readDataToEndOfFile())
-    }
+    // The pipes end when the program and whatever it started that kept them have closed them.
+    for _ in readers { _ = drained.wait(timeout: .now() + 30) }
     return (process.terminationStatus, output.text, errors.text)
 }
 
-/// Bytes from a pipe's handler thread, read by the test thread.
+/// Bytes from a pipe's reader thread, read by the test thread.
 private final class OutputBuffer: @unchecked Sendable {  // `data` is only touched under `lock`.
     private let lock = NSLock()
     private var data = Data()
-
-    /// A readability handler: what is there now; at the end of the pipe it stops being called.
-    @Sendable func drain(_ handle: FileHandle) {
-        let more = handle.availableData
-        if more.isEmpty { handle.readabilityHandler = nil } else { append(more) }
-    }
 
     func append(_ more: Data) {
         lock.lock()
