@@ -6,6 +6,7 @@
 // A lane is a turn, not a thread. The commit that opens a lane runs its batch in its own task; when the batch is
 // done it hands the lane to the oldest commit still queued (which then runs the next batch, with itself in it) and
 // returns. So a busy gateway has at most `lanes` group statements in flight and no extra task or thread hop.
+import StatefnPostgres
 import Synchronization
 
 final class CommitGroups<Request: Sendable, Key: Hashable & Sendable, Outcome: Sendable>: Sendable {

@@ -1,5 +1,6 @@
 // The order of one entity's commands: a pure state machine (no I/O, no locks), so arrival order can be tested
 // directly. `EntityMailboxes` owns one per busy entity and carries out the actions it returns.
+import StatefnPostgres
 
 /// One entity's queue. The first caller runs at once; later callers wait in arrival order, and each finishing
 /// caller hands the entity straight to the next, so no third caller can slip in between.

@@ -40,9 +40,8 @@ struct PoolStateMachine<Request> {
 
     /// Free slots, most recently used last: reusing it first keeps a quiet pool down to few open connections.
     private var idleSlots: [Int]
-    /// FIFO. Every waiter gets the same timeout, so deadlines only grow from `waiterHead` to the end.
-    private var waiters: [Waiter] = []
-    private var waiterHead = 0
+    /// Every waiter gets the same timeout, so deadlines only grow from the first to the last.
+    private var waiters = FIFO<Waiter>()
     private var sweepScheduled = false
     private var closed = false
     private let waitTimeout: UInt64
@@ -53,7 +52,7 @@ struct PoolStateMachine<Request> {
         self.waitTimeout = waitTimeout
     }
 
-    var waitingCount: Int { waiters.count - waiterHead }
+    var waitingCount: Int { waiters.count }
     var idleCount: Int { idleSlots.count }
 
     mutating func borrow(_ request: Request, now: UInt64) -> BorrowAction {
@@ -68,7 +67,7 @@ struct PoolStateMachine<Request> {
 
     mutating func release(slot: Int) -> ReleaseAction {
         if closed { return .close }
-        if let waiter = popWaiter() { return .run(waiter.request) }
+        if let waiter = waiters.popFirst() { return .run(waiter.request) }
         idleSlots.append(slot)
         return .park
     }
@@ -76,10 +75,11 @@ struct PoolStateMachine<Request> {
     /// Called when a scheduled sweep fires.
     mutating func sweep(now: UInt64) -> SweepAction {
         var expired: [Request] = []
-        while waiterHead < waiters.count, waiters[waiterHead].deadline <= now, let waiter = popWaiter() {
-            expired.append(waiter.request)
+        while let first = waiters.first, first.deadline <= now {
+            expired.append(first.request)
+            _ = waiters.popFirst()
         }
-        let next = waiterHead < waiters.count ? waiters[waiterHead].deadline : nil
+        let next = waiters.first?.deadline
         sweepScheduled = next != nil
         return SweepAction(expired: expired, nextSweepAt: next)
     }
@@ -87,25 +87,8 @@ struct PoolStateMachine<Request> {
     mutating func close() -> CloseAction {
         if closed { return CloseAction(idleSlots: [], waiters: []) }
         closed = true
-        let action = CloseAction(idleSlots: idleSlots, waiters: waiters[waiterHead...].map(\.request))
+        let action = CloseAction(idleSlots: idleSlots, waiters: waiters.removeAll().map(\.request))
         idleSlots = []
-        waiters = []
-        waiterHead = 0
         return action
-    }
-
-    private mutating func popWaiter() -> Waiter? {
-        guard waiterHead < waiters.count else { return nil }
-        let waiter = waiters[waiterHead]
-        waiterHead += 1
-        // Drop the served prefix once it is most of the array, so the queue stays O(1) amortised per request.
-        if waiterHead == waiters.count {
-            waiters.removeAll(keepingCapacity: true)
-            waiterHead = 0
-        } else if waiterHead >= 64, waiterHead * 2 >= waiters.count {
-            waiters.removeFirst(waiterHead)
-            waiterHead = 0
-        }
-        return waiter
     }
 }

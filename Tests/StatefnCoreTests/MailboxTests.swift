@@ -1,3 +1,4 @@
+import StatefnPostgres
 import Synchronization
 import Testing
 
